@@ -1,0 +1,32 @@
+"""What every command and the web app need: the resolved config, the store, the segments."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from .segments import Segment, load_segments
+from .settings import Config, load_config
+from .store import Store
+
+
+class Context:
+    def __init__(self, config: Config):
+        self.config = config
+
+    @classmethod
+    def load(cls, config_path: str | Path | None = None, **kw: Any) -> "Context":
+        return cls(load_config(config_path, **kw))
+
+    @functools.cached_property
+    def store(self) -> Store:
+        return Store(self.config.database)
+
+    @functools.cached_property
+    def segments(self) -> dict[str, Segment]:
+        return load_segments(self.config.segments_file or None)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()

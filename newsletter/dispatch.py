@@ -1,0 +1,141 @@
+"""Send one issue through a messenger, recording every step in the delivery ledger.
+
+The order of writes is the safety argument:
+1. plan: a pending row per (issue, subscriber), once (unique);
+2. before a batch goes out its rows become `sending` with a batch id, committed;
+3. the messenger's answer turns them `sent`, `failed` or `unknown`.
+A run that dies between 2 and 3 leaves rows in `sending`; the next run marks
+them `unknown` and does not send them again unless the operator asks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .messengers.base import Envelope, FatalSendError, Messenger
+from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, greeting
+from .store import Store
+from .tokens import Tokens
+
+#: Given a subscriber's topic list, the rendered variant they get (None: nothing matches).
+VariantFor = Callable[[list[str]], "Rendered | None"]
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    interrupted: int = 0
+    errors: Counter = field(default_factory=Counter)  # distinct reason -> recipients
+
+    def add(self, other: "Tally") -> None:
+        for name in ("sent", "failed", "unknown", "skipped", "interrupted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.update(other.errors)
+
+    def line(self) -> str:
+        return (f"sent {self.sent}, failed {self.failed}, unknown {self.unknown}, skipped {self.skipped}"
+                + (f" ({self.interrupted} left unknown by an interrupted run)" if self.interrupted else ""))
+
+
+class RateLimiter:
+    """At most `rate` messages per second, across batches."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate, self.clock, self.sleep = rate, clock, sleep
+        self.next_at = 0.0
+
+    def wait(self, count: int) -> None:
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        if self.next_at > now:
+            self.sleep(self.next_at - now)
+            now = self.next_at
+        self.next_at = now + count / self.rate
+
+
+class Dispatcher:
+    def __init__(self, store: Store, messenger: Messenger, tokens: Tokens, site_url: str, *,
+                 rate_limit: float = 0.0, on_progress: Callable[[int], None] | None = None,
+                 on_start: Callable[[int, int], None] | None = None):
+        self.store, self.messenger, self.tokens = store, messenger, tokens
+        self.site_url = site_url.rstrip("/")
+        self.limiter = RateLimiter(rate_limit)
+        self.on_progress = on_progress or (lambda n: None)
+        self.on_start = on_start or (lambda issue_id, pending: None)
+
+    def envelope(self, row: dict[str, Any]) -> Envelope:
+        """Per-recipient work: two signatures and a greeting, nothing heavier."""
+        sid = row["subscriber_id"]
+        utok = self.tokens.sign("unsubscribe", sid)
+        ptok = self.tokens.sign("preferences", sid)
+        ghtml, gtext = greeting(row["name"] or "")
+        return Envelope(delivery_id=row["delivery_id"], subscriber_id=sid, email=row["email"], name=row["name"] or "",
+                        values={UNSUB_TOKEN: utok, PREFS_TOKEN: ptok, GREETING_HTML: ghtml, GREETING_TEXT: gtext},
+                        unsubscribe_url=f"{self.site_url}/u/{utok}", preferences_url=f"{self.site_url}/p/{ptok}")
+
+    def send_issue(self, issue_id: int, variant_for: VariantFor, *, retry_unknown: bool = False) -> Tally:
+        tally = Tally()
+        resolved = self.store.resolve_interrupted(issue_id, retry_unknown=retry_unknown)
+        tally.interrupted = resolved["interrupted"]
+        self.store.plan_deliveries(issue_id)
+        self.on_start(issue_id, self.store.delivery_counts(issue_id).get("pending", 0))
+        buffers: dict[int, tuple[Rendered, list[Envelope]]] = {}
+        size = self.messenger.batch_size
+        for rows in self.store.pending_batches(issue_id, size):
+            skipped_inactive, skipped_topics = [], []
+            for row in rows:
+                if row["status"] != "active":  # unsubscribed, bounced or removed since planning
+                    skipped_inactive.append(row["delivery_id"])
+                    continue
+                rendered = variant_for(_topics(row["topics"]))
+                if rendered is None:
+                    skipped_topics.append(row["delivery_id"])
+                    continue
+                key = id(rendered)
+                buffers.setdefault(key, (rendered, []))[1].append(self.envelope(row))
+                if len(buffers[key][1]) >= size:
+                    self._flush(*buffers.pop(key), tally)
+            self.store.mark_deliveries(skipped_inactive, "skipped", error="subscriber no longer active", expect="pending")
+            self.store.mark_deliveries(skipped_topics, "skipped", error="no summaries match the chosen topics",
+                                       expect="pending")
+            tally.skipped += len(skipped_inactive) + len(skipped_topics)
+            self.on_progress(len(skipped_inactive) + len(skipped_topics))
+        for rendered, envelopes in buffers.values():
+            self._flush(rendered, envelopes, tally)
+        self.store.finish_issue_if_done(issue_id)
+        return tally
+
+    def _flush(self, rendered: Rendered, envelopes: list[Envelope], tally: Tally) -> None:
+        ids = [e.delivery_id for e in envelopes]
+        batch_id = uuid.uuid4().hex[:12]
+        self.store.mark_deliveries(ids, "sending", batch_id=batch_id, expect="pending")
+        self.limiter.wait(len(envelopes))
+        try:
+            outcomes = self.messenger.send(rendered, envelopes)
+        except FatalSendError:
+            # Nothing of this batch was accepted: it goes back to pending for a later run.
+            self.store.mark_deliveries(ids, "pending", error=None, expect="sending")
+            raise
+        for outcome in outcomes:
+            self.store.mark_deliveries(outcome.delivery_ids, outcome.status, provider_id=outcome.provider_id,
+                                       error=outcome.error, expect="sending")
+            setattr(tally, outcome.status, getattr(tally, outcome.status) + len(outcome.delivery_ids))
+            if outcome.error:
+                tally.errors[outcome.error] += len(outcome.delivery_ids)
+        self.on_progress(len(envelopes))
+
+
+def _topics(raw: str | list[str] | None) -> list[str]:
+    if isinstance(raw, list):
+        return raw
+    return json.loads(raw or "[]")

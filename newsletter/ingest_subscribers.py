@@ -1,0 +1,98 @@
+"""Validate subscriber rows (one address, one subscriber) from the CLI or a CSV file."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any, Iterable, TextIO
+
+from email_validator import EmailNotValidError, validate_email
+
+from .segments import CADENCES
+from .store import SUBSCRIBER_STATUSES
+
+CSV_COLUMNS = ("email", "name", "segment", "cadence", "topics", "status")
+
+
+class SubscriberError(Exception):
+    pass
+
+
+def normalise_email(address: str) -> str:
+    """Syntax check and normal form; no DNS (deliverability is the provider's job)."""
+    try:
+        result = validate_email(address.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise SubscriberError(f"email: {address.strip()!r}: {exc}") from None
+    return result.normalized.lower()
+
+
+def clean_subscriber(raw: dict[str, Any], segments: Iterable[str], known_topics: Iterable[str] = ()) -> dict[str, Any]:
+    segments = list(segments)
+    email = normalise_email(raw.get("email") or "")
+    segment = (raw.get("segment") or "").strip()
+    if segment not in segments:
+        raise SubscriberError(f"segment: {segment!r} is not one of {', '.join(segments)}")
+    cadence = (raw.get("cadence") or "weekly").strip()
+    if cadence not in CADENCES:
+        raise SubscriberError(f"cadence: {cadence!r} is not one of {', '.join(CADENCES)}")
+    status = (raw.get("status") or "pending").strip()
+    if status not in SUBSCRIBER_STATUSES:
+        raise SubscriberError(f"status: {status!r} is not one of {', '.join(SUBSCRIBER_STATUSES)}")
+    topics = raw.get("topics") or []
+    if isinstance(topics, str):
+        topics = [t.strip() for t in topics.replace(",", ";").split(";") if t.strip()]
+    canonical = {t.lower(): t for t in known_topics}
+    if canonical:
+        unknown = [t for t in topics if t.lower() not in canonical]
+        if unknown:
+            raise SubscriberError(f"topics: {unknown[0]!r} is not one of {', '.join(canonical.values())}")
+        topics = [canonical[t.lower()] for t in topics]
+    name = (raw.get("name") or "").strip()
+    if len(name) > 200 or any(ch in name for ch in "<>\r\n"):
+        raise SubscriberError(f"name: {name[:40]!r}: at most 200 characters, no <, > or line breaks")
+    return {"email": email, "name": name, "segment": segment, "cadence": cadence,
+            "topics": sorted(set(topics)), "status": status}
+
+
+@dataclass
+class CsvResult:
+    good: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+
+
+def read_csv(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str] = (),
+             where: str = "csv") -> CsvResult:
+    segments, known_topics = list(segments), list(known_topics)
+    reader = csv.DictReader(handle)
+    if not reader.fieldnames or "email" not in reader.fieldnames or "segment" not in reader.fieldnames:
+        raise SubscriberError(f"{where}: line 1: header must name at least email and segment "
+                              f"(columns: {', '.join(CSV_COLUMNS)})")
+    unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
+    if unknown:
+        raise SubscriberError(f"{where}: line 1: unknown column {unknown[0]!r} (columns: {', '.join(CSV_COLUMNS)})")
+    result = CsvResult()
+    seen: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        try:
+            rec = clean_subscriber(row, segments, known_topics)
+        except SubscriberError as exc:
+            result.bad.append((line, str(exc)))
+            continue
+        if rec["email"] in seen:
+            result.bad.append((line, f"email: {rec['email']} already on line {seen[rec['email']]}"))
+            continue
+        seen[rec["email"]] = line
+        result.good.append(rec)
+    return result
+
+
+def write_csv(rows: Iterable[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**{c: row.get(c, "") for c in CSV_COLUMNS}, "topics": ";".join(row.get("topics") or [])})
+    return out.getvalue()

@@ -1,0 +1,55 @@
+"""The one protocol every messenger implements; the dispatcher sees nothing else.
+
+A messenger takes one rendered variant and a batch of envelopes and says, per
+envelope, whether the provider accepted it (sent), refused it (failed) or
+whether the answer was lost after the message went out (unknown). It never
+touches the database; the dispatcher records what it reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from ..render import Rendered
+
+
+@dataclass(slots=True)
+class Envelope:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    values: dict[str, str]  # placeholder -> this recipient's value
+    unsubscribe_url: str
+    preferences_url: str
+
+
+@dataclass
+class Outcome:
+    status: str  # sent | failed | unknown
+    delivery_ids: list[int]
+    provider_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Sender:
+    email: str
+    name: str = ""
+    reply_to: str = ""
+    site_url: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class FatalSendError(Exception):
+    """Stop the whole run (bad credentials, forbidden): nothing of the batch was accepted."""
+
+
+class Messenger(Protocol):
+    name: str
+    batch_size: int
+
+    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,28 @@
+"""A messenger that does no I/O: counts what it is given. The benchmark's floor."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from ..render import Rendered
+from .base import Envelope, Outcome
+
+
+class CountingMessenger:
+    name = "counting"
+
+    def __init__(self, batch_size: int = 1000):
+        self.batch_size = batch_size
+        self.recipients = 0
+        self.requests = 0
+        self.per_variant: Counter = Counter()
+
+    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        self.requests += 1
+        self.recipients += len(envelopes)
+        self.per_variant[(rendered.issue_id, rendered.variant)] += len(envelopes)
+        return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id=f"count-{self.requests}")]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,65 @@
+"""Editors' preview: each segment's HTML and text, and a page showing desktop and phone widths. Sends nothing."""
+
+from __future__ import annotations
+
+import html as htmllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .digest import DigestRunner, local_today, period_for, select_summaries
+from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, Renderer, greeting
+
+PREVIEW_VALUES = {UNSUB_TOKEN: "preview-token", PREFS_TOKEN: "preview-token",
+                  GREETING_HTML: greeting("Alex")[0], GREETING_TEXT: greeting("Alex")[1]}
+
+
+def render_upcoming(ctx: Any, segment: str, cadence: str, now: datetime) -> Rendered | None:
+    """What this segment's next issue would look like, without creating it."""
+    config = ctx.config
+    chosen = select_summaries(ctx.store, segment, cadence, local_today(now, config.timezone),
+                              config.max_age_days, config.max_summaries * 3)
+    if not chosen:
+        return None
+    period = period_for(now, cadence, config.timezone)
+    return Renderer.from_config(config).render(issue_id=0, segment=ctx.segments[segment], cadence=cadence,
+                                               period_label=period.label, summaries=chosen)
+
+
+def render_issue(ctx: Any, issue_id: int) -> Rendered:
+    issue = ctx.store.get_issue(issue_id)
+    if issue is None:
+        raise LookupError(f"issue {issue_id}: no such issue")
+    variant_for = DigestRunner(ctx.config, ctx.store, ctx.segments).variant_renderer(issue)
+    return variant_for([])
+
+
+def write_preview(out: Path, renders: dict[str, Rendered]) -> Path:
+    """<segment>.html and .txt for each segment, plus index.html with both widths side by side."""
+    out.mkdir(parents=True, exist_ok=True)
+    panes = []
+    for segment, rendered in renders.items():
+        html, text = rendered.personalise(PREVIEW_VALUES)
+        (out / f"{segment}.html").write_text(html, encoding="utf-8")
+        (out / f"{segment}.txt").write_text(text, encoding="utf-8")
+        size_kb = len(html.encode()) / 1024
+        panes.append(f"""
+<section>
+  <h2>{htmllib.escape(segment)}: {htmllib.escape(rendered.subject)}</h2>
+  <p>{size_kb:.1f} KB HTML, {rendered.full_cards} full cards of {len(rendered.summary_ids)} summaries.
+     <a href="{segment}.html">HTML</a> &middot; <a href="{segment}.txt">plain text</a></p>
+  <div class="widths">
+    <figure><figcaption>Desktop (640 px)</figcaption><iframe title="{segment} at desktop width" src="{segment}.html" width="640" height="900"></iframe></figure>
+    <figure><figcaption>Phone (375 px)</figcaption><iframe title="{segment} at phone width" src="{segment}.html" width="375" height="900"></iframe></figure>
+  </div>
+</section>""")
+    index = out / "index.html"
+    index.write_text(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Digest preview</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;margin:1rem 2rem;color:#1f2933}}
+.widths{{display:flex;gap:2rem;flex-wrap:wrap;align-items:flex-start}}
+iframe{{border:1px solid #8a96a3;background:#fff}} figure{{margin:0}}</style></head>
+<body><h1>Digest preview (nothing was sent)</h1>{''.join(panes) or '<p>No segment has new summaries.</p>'}</body></html>
+""", encoding="utf-8")
+    return index

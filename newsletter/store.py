@@ -1,0 +1,539 @@
+"""The only module that writes the database.
+
+Everything else reads through the query methods here or receives plain dicts.
+Migrations are named, recorded in the database and applied on open; the file
+runs in WAL mode with a busy timeout so cron jobs and the web app can share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+SUMMARY_FIELDS = ("title", "published", "teaser", "findings", "patients", "caregivers", "clinicians",
+                  "limitations", "source_url", "journal", "doi", "topics", "url")
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
+SUPPRESSED = ("unsubscribed", "bounced", "complained")
+ISSUE_STATUSES = ("draft", "approved", "sending", "sent", "cancelled")
+DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped")
+
+migrations = Migrations("newsletter")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute("""
+        CREATE TABLE summaries (
+            id INTEGER PRIMARY KEY,
+            slug TEXT NOT NULL,
+            revision INTEGER NOT NULL DEFAULT 1,
+            title TEXT NOT NULL,
+            published TEXT NOT NULL,
+            teaser TEXT NOT NULL DEFAULT '',
+            findings TEXT NOT NULL DEFAULT '',
+            patients TEXT NOT NULL DEFAULT '',
+            caregivers TEXT NOT NULL DEFAULT '',
+            clinicians TEXT NOT NULL DEFAULT '',
+            limitations TEXT NOT NULL DEFAULT '',
+            source_url TEXT NOT NULL DEFAULT '',
+            journal TEXT NOT NULL DEFAULT '',
+            doi TEXT NOT NULL DEFAULT '',
+            topics TEXT NOT NULL DEFAULT '[]',
+            url TEXT NOT NULL DEFAULT '',
+            content_hash TEXT NOT NULL,
+            imported_at TEXT NOT NULL,
+            UNIQUE (slug, revision)
+        )""")
+    db.execute("CREATE INDEX summaries_published ON summaries (published)")
+    db.execute("""
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT '',
+            segment TEXT NOT NULL,
+            cadence TEXT NOT NULL DEFAULT 'weekly',
+            topics TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL DEFAULT 'pending',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            unsubscribed_at TEXT
+        )""")
+    db.execute("CREATE INDEX subscribers_audience ON subscribers (segment, cadence, status)")
+    db.execute("""
+        CREATE TABLE issues (
+            id INTEGER PRIMARY KEY,
+            segment TEXT NOT NULL,
+            cadence TEXT NOT NULL,
+            period TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'draft',
+            created_at TEXT NOT NULL,
+            approved_at TEXT,
+            sent_at TEXT,
+            UNIQUE (segment, cadence, period)
+        )""")
+    db.execute("""
+        CREATE TABLE issue_summaries (
+            issue_id INTEGER NOT NULL REFERENCES issues(id),
+            summary_id INTEGER NOT NULL REFERENCES summaries(id),
+            position INTEGER NOT NULL,
+            PRIMARY KEY (issue_id, summary_id)
+        )""")
+    db.execute("""
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            issue_id INTEGER NOT NULL REFERENCES issues(id),
+            subscriber_id INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            batch_id TEXT,
+            provider_id TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (issue_id, subscriber_id)
+        )""")
+    db.execute("CREATE INDEX deliveries_status ON deliveries (issue_id, status)")
+    db.execute("""
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            provider TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            email TEXT,
+            issue_id INTEGER,
+            subscriber_id INTEGER,
+            occurred_at TEXT,
+            payload TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            UNIQUE (provider, event_id)
+        )""")
+
+
+@migrations()
+def m002_suppressions_and_delivery_events(db: Database) -> None:
+    # Removed addresses are kept only as a hash, so a later import cannot
+    # quietly re-subscribe someone who asked to be removed.
+    db.execute("""
+        CREATE TABLE suppressions (
+            email_hash TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""")
+    db.execute("ALTER TABLE deliveries ADD COLUMN delivered_at TEXT")
+    db.execute("ALTER TABLE deliveries ADD COLUMN opened_at TEXT")
+    db.execute("ALTER TABLE deliveries ADD COLUMN clicked_at TEXT")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def content_hash(record: dict[str, Any]) -> str:
+    data = json.dumps({k: record.get(k) for k in SUMMARY_FIELDS}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+@dataclass
+class ImportCounts:
+    inserted: int = 0
+    updated: int = 0
+    revised: int = 0
+    unchanged: int = 0
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self.conn = conn
+        self.db = Database(conn)
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE so writers queue on the busy timeout instead of failing mid-way."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.conn.execute(sql, params)]
+
+    def applied_migrations(self) -> list[str]:
+        return [m.name for m in migrations.applied(self.db)]
+
+    # -- summaries -------------------------------------------------------
+
+    def upsert_summaries(self, records: Iterable[dict[str, Any]]) -> ImportCounts:
+        """Insert or update by slug (else source URL), all or nothing.
+
+        A summary that already went out in an issue is immutable: a changed
+        import becomes a new revision that selection treats as an update.
+        """
+        counts = ImportCounts()
+        now = now_iso()
+        with self.transaction() as conn:
+            for record in records:
+                slug = record.get("slug")
+                if not slug and record.get("source_url"):
+                    row = conn.execute("SELECT slug FROM summaries WHERE source_url = ? ORDER BY revision DESC",
+                                       (record["source_url"],)).fetchone()
+                    slug = row["slug"] if row else None
+                slug = slug or record["derived_slug"]
+                values = {k: record.get(k) or "" for k in SUMMARY_FIELDS}
+                values["topics"] = json.dumps(list(record.get("topics") or []), ensure_ascii=False)
+                values["content_hash"] = content_hash(values)
+                current = conn.execute("SELECT * FROM summaries WHERE slug = ? ORDER BY revision DESC LIMIT 1",
+                                       (slug,)).fetchone()
+                if current is None:
+                    self._insert_summary(conn, slug, 1, values, now)
+                    counts.inserted += 1
+                elif current["content_hash"] == values["content_hash"]:
+                    counts.unchanged += 1
+                elif self._summary_was_sent(conn, current["id"]):
+                    self._insert_summary(conn, slug, current["revision"] + 1, values, now)
+                    counts.revised += 1
+                else:
+                    sets = ", ".join(f"{k} = :{k}" for k in values)
+                    conn.execute(f"UPDATE summaries SET {sets}, imported_at = :now WHERE id = :id",
+                                 {**values, "now": now, "id": current["id"]})
+                    counts.updated += 1
+        return counts
+
+    @staticmethod
+    def _insert_summary(conn: sqlite3.Connection, slug: str, revision: int, values: dict, now: str) -> None:
+        cols = ["slug", "revision", *values, "imported_at"]
+        conn.execute(f"INSERT INTO summaries ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                     [slug, revision, *values.values(), now])
+
+    @staticmethod
+    def _summary_was_sent(conn: sqlite3.Connection, summary_id: int) -> bool:
+        row = conn.execute("""SELECT 1 FROM issue_summaries s JOIN issues i ON i.id = s.issue_id
+                              WHERE s.summary_id = ? AND i.status IN ('sending', 'sent') LIMIT 1""",
+                           (summary_id,)).fetchone()
+        return row is not None
+
+    def summaries(self, since: str | None = None, until: str | None = None,
+                  topic: str | None = None) -> list[dict[str, Any]]:
+        """Latest revision of each summary, newest first."""
+        sql = """SELECT s.* FROM summaries s
+                 WHERE s.revision = (SELECT MAX(revision) FROM summaries WHERE slug = s.slug)"""
+        params: list[Any] = []
+        if since:
+            sql += " AND s.published >= ?"
+            params.append(since)
+        if until:
+            sql += " AND s.published <= ?"
+            params.append(until)
+        sql += " ORDER BY s.published DESC, s.id DESC"
+        rows = [decode_summary(r) for r in self.query(sql, params)]
+        if topic:
+            rows = [r for r in rows if topic.lower() in (t.lower() for t in r["topics"])]
+        return rows
+
+    def sent_slugs(self, segment: str, cadence: str) -> set[str]:
+        """Slugs already carried by a live issue of this segment and cadence (any revision)."""
+        rows = self.conn.execute("""
+            SELECT DISTINCT s.slug FROM issue_summaries x
+            JOIN issues i ON i.id = x.issue_id JOIN summaries s ON s.id = x.summary_id
+            WHERE i.segment = ? AND i.cadence = ? AND i.status != 'cancelled'""", (segment, cadence))
+        return {r["slug"] for r in rows}
+
+    # -- subscribers -----------------------------------------------------
+
+    def get_subscriber(self, email: str | None = None, id: int | None = None) -> dict[str, Any] | None:
+        if id is not None:
+            rows = self.query("SELECT * FROM subscribers WHERE id = ?", (id,))
+        else:
+            rows = self.query("SELECT * FROM subscribers WHERE email = ?", (email,))
+        return decode_subscriber(rows[0]) if rows else None
+
+    def is_suppressed(self, email: str) -> bool:
+        return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(email),)))
+
+    def upsert_subscribers(self, records: Iterable[dict[str, Any]]) -> dict[str, int]:
+        """Add or update subscribers in one transaction.
+
+        An address that unsubscribed, bounced, complained or was removed is never
+        made active again by an import: only its own confirmation can do that.
+        """
+        counts = {"added": 0, "updated": 0, "kept_suppressed": 0}
+        now = now_iso()
+        with self.transaction() as conn:
+            for rec in records:
+                topics = json.dumps(list(rec.get("topics") or []), ensure_ascii=False)
+                status = rec.get("status") or "pending"
+                existing = conn.execute("SELECT id, status FROM subscribers WHERE email = ?",
+                                        (rec["email"],)).fetchone()
+                suppressed = conn.execute("SELECT 1 FROM suppressions WHERE email_hash = ?",
+                                          (email_hash(rec["email"]),)).fetchone()
+                if existing is None:
+                    if suppressed and status == "active":
+                        status = "unsubscribed"
+                        counts["kept_suppressed"] += 1
+                    conn.execute("""INSERT INTO subscribers (email, name, segment, cadence, topics, status,
+                                    created_at, updated_at, confirmed_at, unsubscribed_at)
+                                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                 (rec["email"], rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly",
+                                  topics, status, now, now, now if status == "active" else None,
+                                  now if status in SUPPRESSED else None))
+                    counts["added"] += 1
+                else:
+                    if existing["status"] in SUPPRESSED and status not in SUPPRESSED:
+                        status = existing["status"]
+                        counts["kept_suppressed"] += 1
+                    conn.execute("""UPDATE subscribers SET name = ?, segment = ?, cadence = ?, topics = ?,
+                                    status = ?, updated_at = ?,
+                                    confirmed_at = COALESCE(confirmed_at, CASE WHEN ? = 'active' THEN ? END),
+                                    unsubscribed_at = CASE WHEN ? IN ('unsubscribed','bounced','complained')
+                                                      THEN COALESCE(unsubscribed_at, ?) END
+                                    WHERE id = ?""",
+                                 (rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly", topics,
+                                  status, now, status, now, status, now, existing["id"]))
+                    counts["updated"] += 1
+        return counts
+
+    def set_subscriber_status(self, subscriber_id: int, status: str) -> None:
+        if status not in SUBSCRIBER_STATUSES:
+            raise ValueError(f"status: unknown subscriber status {status!r}")
+        now = now_iso()
+        with self.transaction() as conn:
+            conn.execute("""UPDATE subscribers SET status = ?, updated_at = ?,
+                            confirmed_at = CASE WHEN ? = 'active' THEN COALESCE(confirmed_at, ?) ELSE confirmed_at END,
+                            unsubscribed_at = CASE WHEN ? IN ('unsubscribed','bounced','complained') THEN ? END
+                            WHERE id = ?""", (status, now, status, now, status, now, subscriber_id))
+            if status == "active":
+                row = conn.execute("SELECT email FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+                if row:
+                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(row["email"]),))
+
+    def update_preferences(self, subscriber_id: int, segment: str, cadence: str, topics: list[str]) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE subscribers SET segment = ?, cadence = ?, topics = ?, updated_at = ? WHERE id = ?",
+                         (segment, cadence, json.dumps(topics), now_iso(), subscriber_id))
+
+    def remove_subscriber(self, email: str, reason: str = "removed") -> bool:
+        """Delete the person's data, keeping only a hash so they are never re-added by import."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id FROM subscribers WHERE email = ?", (email,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM deliveries WHERE subscriber_id = ? AND status = 'pending'", (row["id"],))
+            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id WHERE subscriber_id = ?",
+                         (row["id"],))
+            conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
+            conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at) VALUES (?, ?, ?)",
+                         (email_hash(email), reason, now_iso()))
+        return True
+
+    def subscribers(self, segment: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM subscribers WHERE 1=1", []
+        if segment:
+            sql += " AND segment = ?"
+            params.append(segment)
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        return [decode_subscriber(r) for r in self.query(sql + " ORDER BY id", params)]
+
+    # -- issues ----------------------------------------------------------
+
+    def create_issue(self, segment: str, cadence: str, period: str, summary_ids: Sequence[int],
+                     status: str = "draft") -> tuple[int, bool]:
+        """Create the issue for (segment, cadence, period) unless one exists; returns (id, created)."""
+        now = now_iso()
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id FROM issues WHERE segment = ? AND cadence = ? AND period = ?",
+                               (segment, cadence, period)).fetchone()
+            if row:
+                return row["id"], False
+            cur = conn.execute("""INSERT INTO issues (segment, cadence, period, status, created_at, approved_at)
+                                  VALUES (?, ?, ?, ?, ?, ?)""",
+                               (segment, cadence, period, status, now, now if status == "approved" else None))
+            issue_id = cur.lastrowid
+            conn.executemany("INSERT INTO issue_summaries (issue_id, summary_id, position) VALUES (?, ?, ?)",
+                             [(issue_id, sid, pos) for pos, sid in enumerate(summary_ids)])
+        return issue_id, True
+
+    def get_issue(self, issue_id: int) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM issues WHERE id = ?", (issue_id,))
+        return rows[0] if rows else None
+
+    def issues(self, status: str | None = None) -> list[dict[str, Any]]:
+        if status:
+            return self.query("SELECT * FROM issues WHERE status = ? ORDER BY id", (status,))
+        return self.query("SELECT * FROM issues ORDER BY id")
+
+    def issue_summaries(self, issue_id: int) -> list[dict[str, Any]]:
+        rows = self.query("""SELECT s.*, (s.revision > 1) AS is_update FROM issue_summaries x
+                             JOIN summaries s ON s.id = x.summary_id
+                             WHERE x.issue_id = ? ORDER BY x.position""", (issue_id,))
+        return [decode_summary(r) for r in rows]
+
+    def set_issue_status(self, issue_id: int, status: str, expect: Sequence[str] | None = None) -> bool:
+        """Move an issue along its lifecycle; with `expect`, only from those states."""
+        if status not in ISSUE_STATUSES:
+            raise ValueError(f"status: unknown issue status {status!r}")
+        stamp = {"approved": "approved_at", "sent": "sent_at"}.get(status)
+        sql = "UPDATE issues SET status = ?" + (f", {stamp} = ?" if stamp else "") + " WHERE id = ?"
+        params: list[Any] = [status] + ([now_iso()] if stamp else []) + [issue_id]
+        if expect:
+            sql += f" AND status IN ({', '.join('?' * len(expect))})"
+            params += list(expect)
+        with self.transaction() as conn:
+            return conn.execute(sql, params).rowcount == 1
+
+    # -- the delivery ledger ---------------------------------------------
+
+    def plan_deliveries(self, issue_id: int) -> int:
+        """Write a pending row for every active subscriber of the issue's audience, once."""
+        issue = self.get_issue(issue_id)
+        now = now_iso()
+        with self.transaction() as conn:
+            cur = conn.execute("""INSERT OR IGNORE INTO deliveries (issue_id, subscriber_id, status, created_at, updated_at)
+                                  SELECT ?, id, 'pending', ?, ? FROM subscribers
+                                  WHERE segment = ? AND cadence = ? AND status = 'active' ORDER BY id""",
+                               (issue_id, now, now, issue["segment"], issue["cadence"]))
+            conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'approved'", (issue_id,))
+            return cur.rowcount
+
+    def resolve_interrupted(self, issue_id: int, retry_unknown: bool = False) -> dict[str, int]:
+        """Deliveries left in `sending` by a dead run may have gone out: mark them unknown.
+
+        With retry_unknown (the operator's explicit choice) unknown rows go back to pending.
+        """
+        now = now_iso()
+        with self.transaction() as conn:
+            interrupted = conn.execute("""UPDATE deliveries SET status = 'unknown', updated_at = ?,
+                                          error = 'interrupted while sending: may or may not have been delivered'
+                                          WHERE issue_id = ? AND status = 'sending'""", (now, issue_id)).rowcount
+            retried = 0
+            if retry_unknown:
+                retried = conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?, error = NULL
+                                          WHERE issue_id = ? AND status = 'unknown'""", (now, issue_id)).rowcount
+        return {"interrupted": interrupted, "retried": retried}
+
+    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[dict[str, Any]]]:
+        """Stream pending deliveries with their subscriber, by keyset pages: never all in memory."""
+        after = 0
+        while True:
+            rows = self.conn.execute("""
+                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status,
+                       s.segment, s.cadence
+                FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
+                WHERE d.issue_id = ? AND d.status = 'pending' AND d.id > ?
+                ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
+            if not rows:
+                return
+            after = rows[-1]["delivery_id"]
+            yield [dict(r) for r in rows]
+
+    def mark_deliveries(self, ids: Sequence[int], status: str, *, batch_id: str | None = None,
+                        provider_id: str | None = None, error: str | None = None,
+                        expect: str | None = None) -> int:
+        if status not in DELIVERY_STATUSES:
+            raise ValueError(f"status: unknown delivery status {status!r}")
+        if not ids:
+            return 0
+        now = now_iso()
+        sql = ("UPDATE deliveries SET status = ?, updated_at = ?, batch_id = COALESCE(?, batch_id), "
+               "provider_id = COALESCE(?, provider_id), error = ? WHERE id = ?")
+        if expect:
+            sql += " AND status = ?"
+        with self.transaction() as conn:
+            changed = 0
+            for chunk_start in range(0, len(ids), 500):
+                chunk = ids[chunk_start:chunk_start + 500]
+                params = [(status, now, batch_id, provider_id, error, i) + ((expect,) if expect else ())
+                          for i in chunk]
+                changed += conn.executemany(sql, params).rowcount
+            return changed
+
+    def finish_issue_if_done(self, issue_id: int) -> bool:
+        """An issue is sent once nothing of it is pending or sending."""
+        with self.transaction() as conn:
+            open_rows = conn.execute("""SELECT COUNT(*) FROM deliveries WHERE issue_id = ?
+                                        AND status IN ('pending', 'sending')""", (issue_id,)).fetchone()[0]
+            if open_rows:
+                return False
+            conn.execute("UPDATE issues SET status = 'sent', sent_at = COALESCE(sent_at, ?) "
+                         "WHERE id = ? AND status = 'sending'", (now_iso(), issue_id))
+            return True
+
+    def delivery_counts(self, issue_id: int | None = None) -> dict[str, int]:
+        sql = "SELECT status, COUNT(*) AS n FROM deliveries"
+        params: tuple = ()
+        if issue_id is not None:
+            sql += " WHERE issue_id = ?"
+            params = (issue_id,)
+        return {r["status"]: r["n"] for r in self.query(sql + " GROUP BY status", params)}
+
+    def deliveries(self, issue_id: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        sql = """SELECT d.*, s.email FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
+                 WHERE 1=1"""
+        params: list[Any] = []
+        if issue_id is not None:
+            sql += " AND d.issue_id = ?"
+            params.append(issue_id)
+        if status:
+            sql += " AND d.status = ?"
+            params.append(status)
+        return self.query(sql + " ORDER BY d.id", params)
+
+    # -- provider events -------------------------------------------------
+
+    def record_event(self, provider: str, event: dict[str, Any]) -> bool:
+        """Store a webhook event once; returns False for a replay."""
+        with self.transaction() as conn:
+            cur = conn.execute("""INSERT OR IGNORE INTO events (provider, event_id, type, email, issue_id,
+                                  subscriber_id, occurred_at, payload, received_at)
+                                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               (provider, event["event_id"], event["type"], event.get("email"),
+                                event.get("issue_id"), event.get("subscriber_id"), event.get("occurred_at"),
+                                json.dumps(event.get("payload", {}), sort_keys=True), now_iso()))
+            return cur.rowcount == 1
+
+    def mark_delivery_event(self, issue_id: int, subscriber_id: int, column: str, when: str) -> None:
+        if column not in ("delivered_at", "opened_at", "clicked_at"):
+            raise ValueError(f"column: not a delivery event column: {column}")
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE deliveries SET {column} = COALESCE({column}, ?) "
+                         "WHERE issue_id = ? AND subscriber_id = ?", (when, issue_id, subscriber_id))
+
+
+def decode_summary(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["topics"] = json.loads(row.get("topics") or "[]")
+    return row
+
+
+def decode_subscriber(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["topics"] = json.loads(row.get("topics") or "[]")
+    return row
