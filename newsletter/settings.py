@@ -62,6 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sendgrid_asm_group_id", 0, "SendGrid unsubscribe group id (0 = none).", int),
     Setting("sendgrid_max_attempts", 5, "Attempts per SendGrid request on 429, 5xx and refused connections.", int),
     Setting("webhook_public_key", "", "SendGrid Event Webhook verification key (base64 ECDSA public key)."),
+    Setting("editors", {}, "Editor logins as a table: name = password hash (set with `newsletter editors add`).", dict),
 )
 
 #: Environment variables that carry secrets; a config file naming them is refused.
@@ -82,6 +83,10 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
             if text in TRUE | FALSE:
                 return text in TRUE
             raise ValueError
+        if setting.kind is dict:
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError
+            return dict(value)
         if setting.kind in (int, float) and isinstance(value, bool):
             raise ValueError
         value = setting.kind(value)
@@ -202,12 +207,15 @@ def render_config_file(overrides: Mapping[str, Any] | None = None) -> str:
              "# NEWSLETTER_<KEY> environment variables override this file.",
              "# Secrets never go here: SENDGRID_API_KEY, NEWSLETTER_SECRET, NEWSLETTER_SMTP_PASSWORD.", ""]
     for s in SETTINGS:
+        if s.kind is dict:
+            continue  # tables go last in TOML
         lines.append(f"# {s.help}")
         value = overrides.get(s.name, s.default)
         rendered = _toml_value(value)
         prefix = "" if s.name in overrides else "# "
         lines.append(f"{prefix}{s.name} = {rendered}")
         lines.append("")
+    lines += ["# Editor logins (name = password hash), written by `newsletter editors add NAME`.", "[editors]", ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,82 @@
+"""Shared fixtures: a fresh site (config + SQLite file) per test, a CLI runner, clean environment.
+
+Fixtures that start real servers (SMTP, Prism) and the browser live in their
+own modules, listed in pytest_plugins.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter import bootstrap
+from newsletter.context import Context
+from newsletter.ingest_subscribers import read_csv
+from newsletter.ingest_summaries import read_sources
+from newsletter.settings import load_config
+
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_browser"]
+
+SECRET = "test-secret-not-for-production"
+POSTAL = "MS Research Digest, 1 Test Street, Testville, USA"
+#: The morning after the newest bundled sample summary (2026-11-19).
+SAMPLE_NOW = datetime.fromisoformat("2026-11-20T07:00:00")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("NEWSLETTER_") or name == "SENDGRID_API_KEY":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
+
+
+@pytest.fixture
+def make_site(tmp_path):
+    """A new site directory with a newsletter.toml; returns a Context for it."""
+    made = []
+
+    def make(name: str = "site", **overrides) -> Context:
+        settings = {"postal_address": POSTAL, "require_approval": "no", "site_url": "https://digest.example.org",
+                    **overrides}
+        result = bootstrap.init(tmp_path / name, settings)
+        ctx = Context(load_config(result.config_path))
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        ctx.close()
+
+
+@pytest.fixture
+def site(make_site) -> Context:
+    return make_site()
+
+
+def load_samples(ctx: Context) -> None:
+    ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
+    with bootstrap.sample_subscribers_csv().open(encoding="utf-8") as fh:
+        ctx.store.upsert_subscribers(read_csv(fh, ctx.segments).good)
+
+
+@pytest.fixture
+def loaded(site) -> Context:
+    load_samples(site)
+    return site
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
