@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 import click
 
-from . import bootstrap
+from . import bootstrap, lifecycle
 from .context import Context
-from .digest import DigestRunner, LockBusy, RunReport, period_for
+from .digest import DigestRunner, LockBusy, RunReport, period_for, run_lock
 from .ingest_subscribers import SubscriberError, clean_subscriber, read_csv, write_csv
 from .ingest_summaries import IngestError, read_sources
 from .messengers import FatalSendError, messenger_from_config
 from .preview import render_issue, render_upcoming, write_preview
+from .progress import progress_callbacks
 from .render import RenderError
 from .segments import CADENCES, SegmentError
 from .settings import SETTINGS, ConfigError
@@ -293,17 +294,144 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
     Example (cron, Monday 07:00):
         newsletter --config /srv/newsletter/newsletter.toml digest run --cadence weekly
     """
-    from .progress import progress_callbacks
     now = parse_now(now_text)
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
                               messenger_factory=lambda: messenger_from_config(ctx.config),
-                              on_issue=on_issue, on_progress=on_progress)
-        report = runner.run(None if send_only else cadence, now, send=not no_send, retry_unknown=retry_unknown,
-                            segment=segment)
+                              on_issue=on_issue, on_progress=on_progress,
+                              on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts))
+        try:
+            report = runner.run(None if send_only else cadence, now, send=not no_send,
+                                retry_unknown=retry_unknown, segment=segment)
+        except LockBusy as exc:
+            # Cron fired twice: the other run does the work; this one is not a failure.
+            click.echo(str(exc), err=True)
+            return
     print_report(report)
     if report.tally.failed or report.tally.unknown:
         sys.exit(1)
+
+
+@cli.group()
+def issues() -> None:
+    """List, inspect, approve, cancel and send issues."""
+
+
+@issues.command("list")
+@click.option("--status", type=click.Choice(["draft", "approved", "sending", "sent", "cancelled"]))
+@pass_ctx
+@handle_errors
+def issues_list(ctx: Context, status: str | None) -> None:
+    """List issues, oldest first, with their delivery counts."""
+    for issue in ctx.store.issues(status=status):
+        counts = ctx.store.delivery_counts(issue["id"])
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no deliveries"
+        click.echo(f"{issue['id']:>5}  {issue['segment']:<11} {issue['cadence']:<8} {issue['period']:<9} "
+                   f"{issue['status']:<9} {shown}")
+
+
+@issues.command("show")
+@click.argument("issue_id", type=int)
+@pass_ctx
+@handle_errors
+def issues_show(ctx: Context, issue_id: int) -> None:
+    """Show an issue: status, summaries, deliveries."""
+    issue = ctx.store.get_issue(issue_id)
+    if issue is None:
+        raise click.ClickException(f"issue {issue_id}: no such issue")
+    click.echo(f"issue {issue['id']}: {issue['segment']} {issue['cadence']} {issue['period']} ({issue['status']})")
+    click.echo(f"created {issue['created_at']}, approved {issue['approved_at'] or '-'}, sent {issue['sent_at'] or '-'}")
+    for s in ctx.store.issue_summaries(issue_id):
+        mark = " [updated]" if s["is_update"] else ""
+        click.echo(f"  {s['published']}  {s['slug']}{mark}  {s['title']}")
+    for status_name, n in sorted(ctx.store.delivery_counts(issue_id).items()):
+        click.echo(f"  deliveries {status_name}: {n}")
+
+
+@issues.command("approve")
+@click.argument("issue_id", type=int)
+@pass_ctx
+@handle_errors
+def issues_approve(ctx: Context, issue_id: int) -> None:
+    """Approve a draft; the next `digest run` (or `issues send`) sends it."""
+    lifecycle.transition(ctx, issue_id, "approved")
+    click.echo(f"issue {issue_id} approved")
+
+
+@issues.command("cancel")
+@click.argument("issue_id", type=int)
+@pass_ctx
+@handle_errors
+def issues_cancel(ctx: Context, issue_id: int) -> None:
+    """Cancel a draft or approved issue; its summaries return to the pool for the next one."""
+    lifecycle.transition(ctx, issue_id, "cancelled")
+    click.echo(f"issue {issue_id} cancelled")
+
+
+@issues.command("add-update")
+@click.argument("issue_id", type=int)
+@click.argument("slug")
+@pass_ctx
+@handle_errors
+def issues_add_update(ctx: Context, issue_id: int, slug: str) -> None:
+    """Include the latest revision of an already-sent summary (a correction) in a draft, marked updated."""
+    summary = ctx.store.add_summary_to_issue(issue_id, slug)
+    click.echo(f"issue {issue_id}: added {slug} revision {summary['revision']}")
+
+
+@issues.command("send")
+@click.argument("issue_id", type=int)
+@click.option("--retry-unknown", is_flag=True, help="Send again deliveries whose outcome is unknown.")
+@pass_ctx
+@handle_errors
+def issues_send(ctx: Context, issue_id: int, retry_unknown: bool) -> None:
+    """Send (or resume) one approved issue now."""
+    issue = ctx.store.get_issue(issue_id)
+    if issue is None:
+        raise click.ClickException(f"issue {issue_id}: no such issue")
+    if issue["status"] not in ("approved", "sending"):
+        raise click.ClickException(f"issue {issue_id}: is {issue['status']}; approve it first")
+    report = RunReport()
+    with progress_callbacks() as (on_issue, on_progress):
+        runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
+                              messenger_factory=lambda: messenger_from_config(ctx.config),
+                              on_issue=on_issue, on_progress=on_progress)
+        with run_lock(runner.lock_path):
+            runner.send([issue_id], report, retry_unknown=retry_unknown)
+    print_report(report)
+    if report.tally.failed or report.tally.unknown:
+        sys.exit(1)
+
+
+@issues.command("test-send")
+@click.argument("issue_id", type=int)
+@click.option("--to", "address", required=True, help="Where the test copy goes.")
+@pass_ctx
+@handle_errors
+def issues_test_send(ctx: Context, issue_id: int, address: str) -> None:
+    """Send one copy marked [TEST] to an address; never recorded as a delivery."""
+    lifecycle.send_test(ctx, issue_id, address)
+    click.echo(f"test copy of issue {issue_id} sent to {address}")
+
+
+@cli.command()
+@pass_ctx
+@handle_errors
+def status(ctx: Context) -> None:
+    """What went out, what waits, and what needs attention."""
+    st = lifecycle.status(ctx)
+    click.echo("Latest issue per segment and cadence:")
+    for i in st.latest:
+        click.echo(f"  {i['segment']:<11} {i['cadence']:<8} issue {i['id']} {i['period']} {i['status']}")
+    if not st.latest:
+        click.echo("  none yet")
+    click.echo("Deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(st.deliveries.items())) or "none"))
+    click.echo("Subscribers: " + (", ".join(f"{k} {v}" for k, v in sorted(st.subscribers.items())) or "none"))
+    for d in st.drafts:
+        click.echo(f"Waiting for approval: issue {d['id']} ({d['segment']} {d['cadence']} {d['period']})")
+    for a in st.attention:
+        hint = "see `issues show`; resend only with --retry-unknown" if a["status"] == "unknown" else a["example"]
+        click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
 
 
 def print_report(report: RunReport) -> None:

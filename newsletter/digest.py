@@ -115,13 +115,15 @@ class DigestRunner:
     def __init__(self, config: Any, store: Store, segments: dict[str, Segment], *,
                  renderer: Renderer | None = None, messenger_factory: Callable[[], Messenger] | None = None,
                  tokens: Tokens | None = None, on_progress: Callable[[int], None] | None = None,
-                 on_issue: Callable[[int, int], None] | None = None):
+                 on_issue: Callable[[int, int], None] | None = None,
+                 on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None):
         self.config, self.store, self.segments = config, store, segments
         self.renderer = renderer or Renderer.from_config(config)
         self.messenger_factory = messenger_factory
         self.tokens = tokens
         self.on_progress = on_progress
         self.on_issue = on_issue
+        self.on_drafts = on_drafts
 
     @property
     def lock_path(self) -> Path:
@@ -207,6 +209,9 @@ class DigestRunner:
         with run_lock(self.lock_path):
             if cadence:
                 self.build(cadence, now, report, only=segment)
+                drafts = [i for i in report.created if i["status"] == "draft"]
+                if drafts and self.on_drafts:
+                    self.on_drafts(drafts)
             if send:
                 self.send(None, report, retry_unknown=retry_unknown)
         return report

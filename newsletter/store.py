@@ -409,6 +409,33 @@ class Store:
         with self.transaction() as conn:
             return conn.execute(sql, params).rowcount == 1
 
+    def add_summary_to_issue(self, issue_id: int, slug: str) -> dict[str, Any]:
+        """Put a summary's latest revision (a correction, say) into a draft issue."""
+        with self.transaction() as conn:
+            issue = conn.execute("SELECT status FROM issues WHERE id = ?", (issue_id,)).fetchone()
+            if issue is None:
+                raise LookupError(f"issue {issue_id}: no such issue")
+            if issue["status"] != "draft":
+                raise LookupError(f"issue {issue_id}: is {issue['status']}; only a draft can change")
+            row = conn.execute("SELECT * FROM summaries WHERE slug = ? ORDER BY revision DESC LIMIT 1",
+                               (slug,)).fetchone()
+            if row is None:
+                raise LookupError(f"slug: no summary {slug!r}")
+            position = conn.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM issue_summaries WHERE issue_id = ?",
+                                    (issue_id,)).fetchone()[0]
+            conn.execute("INSERT OR IGNORE INTO issue_summaries (issue_id, summary_id, position) VALUES (?, ?, ?)",
+                         (issue_id, row["id"], position))
+            return decode_summary(dict(row))
+
+    def latest_issues(self) -> list[dict[str, Any]]:
+        """The newest issue of each segment and cadence."""
+        return self.query("""SELECT i.* FROM issues i
+                             WHERE i.id = (SELECT MAX(id) FROM issues WHERE segment = i.segment AND cadence = i.cadence)
+                             ORDER BY i.segment, i.cadence""")
+
+    def subscriber_counts(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM subscribers GROUP BY status")}
+
     # -- the delivery ledger ---------------------------------------------
 
     def plan_deliveries(self, issue_id: int) -> int:

@@ -1,0 +1,100 @@
+"""Issue lifecycle beyond building and sending: approve, cancel, test sends, editor notices, status.
+
+draft -> approved -> sending -> sent, or cancelled. Test sends and editor
+notices go through the configured messenger but never into the ledger.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+from dataclasses import dataclass
+from typing import Any
+
+from .digest import DigestRunner
+from .ingest_subscribers import normalise_email
+from .messengers import Envelope, Messenger, messenger_from_config
+from .render import GREETING_HTML, GREETING_TEXT, PLACEHOLDERS, PREFS_TOKEN, UNSUB_TOKEN, Rendered, greeting
+
+TRANSITIONS = {"approved": ("draft",), "cancelled": ("draft", "approved")}
+
+
+class LifecycleError(LookupError):
+    pass
+
+
+def _issue(ctx: Any, issue_id: int) -> dict[str, Any]:
+    issue = ctx.store.get_issue(issue_id)
+    if issue is None:
+        raise LifecycleError(f"issue {issue_id}: no such issue")
+    return issue
+
+
+def transition(ctx: Any, issue_id: int, status: str) -> dict[str, Any]:
+    """Approve or cancel; a sending or sent issue cannot be cancelled (its mail is out)."""
+    issue = _issue(ctx, issue_id)
+    allowed = TRANSITIONS[status]
+    if not ctx.store.set_issue_status(issue_id, status, expect=allowed):
+        raise LifecycleError(f"issue {issue_id}: is {issue['status']}; can only become {status} from "
+                             f"{' or '.join(allowed)}")
+    return _issue(ctx, issue_id)
+
+
+def _one_off(messenger: Messenger, rendered: Rendered, address: str, values: dict[str, str], site_url: str) -> str:
+    env = Envelope(delivery_id=0, subscriber_id=0, email=address, name="", values=values,
+                   unsubscribe_url=f"{site_url}/u/{values[UNSUB_TOKEN]}",
+                   preferences_url=f"{site_url}/p/{values[PREFS_TOKEN]}")
+    try:
+        outcome = messenger.send(rendered, [env])[0]
+    finally:
+        messenger.close()
+    if outcome.status != "sent":
+        raise LifecycleError(f"{address}: {outcome.status}: {outcome.error}")
+    return outcome.provider_id or ""
+
+
+def send_test(ctx: Any, issue_id: int, address: str, messenger: Messenger | None = None) -> str:
+    """Mail one copy, subject marked [TEST], to an editor. Never recorded as a delivery."""
+    issue = _issue(ctx, issue_id)
+    address = normalise_email(address)
+    rendered = DigestRunner(ctx.config, ctx.store, ctx.segments).variant_renderer(issue, test=True)([])
+    ghtml, gtext = greeting("editor")
+    values = {UNSUB_TOKEN: "test-send", PREFS_TOKEN: "test-send", GREETING_HTML: ghtml, GREETING_TEXT: gtext}
+    return _one_off(messenger or messenger_from_config(ctx.config), rendered, address, values, ctx.config.site_url)
+
+
+def notify_editors(ctx: Any, issues: list[dict[str, Any]], messenger: Messenger | None = None) -> str | None:
+    """Tell the editors' address that drafts wait for approval, with a link to each."""
+    address = ctx.config.editors_email
+    if not address or not issues:
+        return None
+    site = ctx.config.site_url
+    lines = [f"Issue {i['id']}: {i['segment']} {i['cadence']} {i['period']}, {i.get('summaries', '?')} summaries: "
+             f"{site}/editor/issues/{i['id']}" for i in issues]
+    text = ("New digest drafts wait for approval:\n\n" + "\n".join(lines)
+            + "\n\nApprove them on the site or with `newsletter issues approve ID`.\n")
+    items = "".join(f"<li>{htmllib.escape(line)}</li>" for line in lines)
+    html = (f"<!doctype html><html lang=\"en\"><body><p>New digest drafts wait for approval:</p><ul>{items}</ul>"
+            "<p>Approve them on the site or with <code>newsletter issues approve ID</code>.</p></body></html>")
+    rendered = Rendered(issue_id=0, segment="editors", cadence="notice", variant="notice",
+                        subject=f"{len(issues)} digest draft(s) to approve", preheader="", html=html, text=text,
+                        summary_ids=[], full_cards=0)
+    values = {key: "" for key in PLACEHOLDERS} | {UNSUB_TOKEN: "editors", PREFS_TOKEN: "editors"}
+    return _one_off(messenger or messenger_from_config(ctx.config), rendered, address, values, site)
+
+
+@dataclass
+class Status:
+    latest: list[dict[str, Any]]
+    deliveries: dict[str, int]
+    subscribers: dict[str, int]
+    attention: list[dict[str, Any]]
+    drafts: list[dict[str, Any]]
+
+
+def status(ctx: Any) -> Status:
+    store = ctx.store
+    attention = store.query("""SELECT d.issue_id, d.status, COUNT(*) AS n, MAX(d.error) AS example
+                               FROM deliveries d WHERE d.status IN ('unknown', 'failed')
+                               GROUP BY d.issue_id, d.status ORDER BY d.issue_id""")
+    return Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(), attention,
+                  store.issues(status="draft"))
