@@ -90,6 +90,7 @@ class Dispatcher:
         self.store.plan_deliveries(issue_id)
         self.on_start(issue_id, self.store.delivery_counts(issue_id).get("pending", 0))
         buffers: dict[int, tuple[Rendered, list[Envelope]]] = {}
+        variants: dict[str, Rendered | None] = {}  # raw topics JSON -> variant: no JSON decode per row
         size = self.messenger.batch_size
         for rows in self.store.pending_batches(issue_id, size):
             skipped_inactive, skipped_topics = [], []
@@ -97,7 +98,10 @@ class Dispatcher:
                 if row["status"] != "active":  # unsubscribed, bounced or removed since planning
                     skipped_inactive.append(row["delivery_id"])
                     continue
-                rendered = variant_for(_topics(row["topics"]))
+                raw_topics = row["topics"] or "[]"
+                if raw_topics not in variants:
+                    variants[raw_topics] = variant_for(json.loads(raw_topics))
+                rendered = variants[raw_topics]
                 if rendered is None:
                     skipped_topics.append(row["delivery_id"])
                     continue
@@ -134,8 +138,3 @@ class Dispatcher:
                 tally.errors[outcome.error] += len(outcome.delivery_ids)
         self.on_progress(len(envelopes))
 
-
-def _topics(raw: str | list[str] | None) -> list[str]:
-    if isinstance(raw, list):
-        return raw
-    return json.loads(raw or "[]")

@@ -8,6 +8,7 @@ runs for every recipient of every digest.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 
@@ -26,13 +27,20 @@ class Tokens:
         if not secret:
             raise TokenError("secret: empty")
         self._signers = {}
+        self._keys = {}
         for purpose in PURPOSES:
             key = hmac.new(secret.encode(), f"newsletter-link:{purpose}".encode(), hashlib.sha256).digest()
             cls = TimestampSigner if purpose == "confirm" else Signer
             self._signers[purpose] = cls(key, salt=purpose, key_derivation="none", digest_method=hashlib.sha256)
+            self._keys[purpose] = key
 
     def sign(self, purpose: str, subscriber_id: int) -> str:
-        return self._signers[purpose].sign(str(subscriber_id).encode()).decode()
+        if purpose == "confirm":
+            return self._signers[purpose].sign(str(subscriber_id).encode()).decode()
+        # Byte for byte what itsdangerous' Signer makes, in one C call: this runs per recipient.
+        value = str(subscriber_id).encode()
+        mac = base64.urlsafe_b64encode(hmac.digest(self._keys[purpose], value, "sha256")).rstrip(b"=")
+        return (value + b"." + mac).decode()
 
     def verify(self, purpose: str, token: str, max_age: int = CONFIRM_MAX_AGE) -> int:
         """The subscriber id the token was made for, or TokenError."""

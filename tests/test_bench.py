@@ -1,0 +1,50 @@
+"""The benchmark at CI scale: compiles independent of N, memory bounded by streaming.
+
+Speed targets are shown by `newsletter bench` (docs/benchmarks.md), never by timing a test;
+these assert the counts that make those figures possible.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from newsletter import bench
+from newsletter.digest import matching
+
+
+def expected_variants() -> int:
+    """Distinct (segment, summary subset) pairs the generated audience can produce."""
+    summaries = bench.recent_summaries()
+    subsets = {tuple(s["slug"] for s in matching(summaries, topics)) for topics in bench.TOPIC_SETS}
+    return len(bench.SEGMENTS) * len({s for s in subsets if s})
+
+
+@pytest.fixture(scope="module")
+def counting_runs():
+    return {n: bench.run_isolated(n, "counting") for n in (10_000, 100_000)}
+
+
+def test_every_weekly_subscriber_is_sent_one_message(counting_runs):
+    for n, result in counting_runs.items():
+        weekly = sum(1 for row in itertools.islice(bench.subscriber_rows(n), n) if row[3] == "weekly")
+        assert result.recipients == weekly
+
+
+def test_compiles_do_not_depend_on_the_number_of_subscribers(counting_runs):
+    small, large = counting_runs[10_000], counting_runs[100_000]
+    assert small.mjml_compiles == large.mjml_compiles == expected_variants()
+    assert small.premailer_compiles == large.premailer_compiles == expected_variants()
+
+
+def test_peak_memory_is_bounded_by_streaming(counting_runs):
+    small, large = counting_runs[10_000], counting_runs[100_000]
+    assert large.peak_rss_mb <= 1.5 * small.peak_rss_mb, (small.peak_rss_mb, large.peak_rss_mb)
+
+
+def test_sendgrid_path_delivers_every_recipient_to_the_loopback_sink():
+    result = bench.run_isolated(10_000, "sendgrid")
+    assert result.recipients == result.sink_recipients == 9_000
+    assert result.requests >= 9  # at most 1000 personalizations per request
+    assert result.mjml_compiles == expected_variants()
