@@ -1,34 +1,88 @@
-"""One recipient's RFC 5322 message: shared by the smtp and maildir messengers so both carry the same content."""
+"""One recipient's RFC 5322 message, shared by the smtp and maildir messengers so both carry the same content.
+
+The constant part of a message (Subject, From, List-Id...) is folded and
+encoded once per rendered variant; per recipient only the tokens are filled,
+the To and Message-ID written, and the two bodies quoted-printable encoded in
+C (binascii). Building each message through `email.message.EmailMessage`
+costs about 5 ms for a digest; this costs a fraction of that.
+"""
 
 from __future__ import annotations
 
+import binascii
+import email
+import email.policy
 import secrets
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, localtime
+from email.utils import format_datetime, formataddr, localtime
 from urllib.parse import urlsplit
 
 from .messengers.base import Envelope, Sender
 from .render import Rendered
 
+POLICY = email.policy.SMTP.clone(linesep="\n")
+_CACHE_LIMIT = 64
+
+
+class MimeTemplate:
+    """The parts of a variant's message that are the same for every recipient."""
+
+    def __init__(self, rendered: Rendered, sender: Sender):
+        self.rendered = rendered
+        self.domain = sender.email.rpartition("@")[2] or "localhost"
+        host = urlsplit(sender.site_url).hostname or self.domain
+        headers = [("Subject", rendered.subject),
+                   ("From", formataddr((sender.name, sender.email)) if sender.name else sender.email)]
+        if sender.reply_to:
+            headers.append(("Reply-To", sender.reply_to))
+        headers += [("List-Id", f"{rendered.segment} {rendered.cadence} digest "
+                                f"<{rendered.segment}.{rendered.cadence}.{host}>"),
+                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                    ("X-Newsletter-Issue", str(rendered.issue_id)),
+                    ("MIME-Version", "1.0")]
+        self.head = "".join(POLICY.fold(name, value) for name, value in headers).encode("ascii")
+        self.boundary = "=_nl_" + secrets.token_hex(12)
+
+    def message_bytes(self, envelope: Envelope) -> bytes:
+        html, text = self.rendered.personalise(envelope.values)
+        to = formataddr((envelope.name, envelope.email), charset="utf-8") if envelope.name else envelope.email
+        b = self.boundary
+        head = (f"To: {to}\n"
+                f"Date: {format_datetime(localtime())}\n"
+                f"Message-ID: <{self.rendered.issue_id}.{envelope.delivery_id}.{secrets.token_hex(6)}@{self.domain}>\n"
+                f"List-Unsubscribe: <{envelope.unsubscribe_url}>\n"
+                f"X-Newsletter-Delivery: {envelope.delivery_id}\n"
+                f'Content-Type: multipart/alternative; boundary="{b}"\n\n').encode("utf-8")
+        part = 'Content-Type: text/{}; charset="utf-8"\nContent-Transfer-Encoding: quoted-printable\n\n'
+        return b"".join((
+            self.head, head,
+            f"--{b}\n{part.format('plain')}".encode(), _qp(text), f"\n--{b}\n{part.format('html')}".encode(),
+            _qp(html), f"\n--{b}--\n".encode(),
+        ))
+
+
+def _qp(body: str) -> bytes:
+    return binascii.b2a_qp(body.encode("utf-8"), istext=True)
+
+
+_templates: dict[int, tuple[Rendered, Sender, MimeTemplate]] = {}
+
+
+def template_for(rendered: Rendered, sender: Sender) -> MimeTemplate:
+    """One MimeTemplate per rendered variant (and sender), reused for all its recipients."""
+    key = id(rendered)
+    hit = _templates.get(key)
+    if hit is None or hit[0] is not rendered or hit[1] is not sender:
+        if len(_templates) >= _CACHE_LIMIT:
+            _templates.clear()
+        hit = _templates[key] = (rendered, sender, MimeTemplate(rendered, sender))
+    return hit[2]
+
+
+def message_bytes(rendered: Rendered, envelope: Envelope, sender: Sender) -> bytes:
+    return template_for(rendered, sender).message_bytes(envelope)
+
 
 def build_message(rendered: Rendered, envelope: Envelope, sender: Sender) -> EmailMessage:
-    html, text = rendered.personalise(envelope.values)
-    domain = sender.email.rpartition("@")[2] or "localhost"
-    msg = EmailMessage()
-    msg["Subject"] = rendered.subject
-    msg["From"] = Address(sender.name, addr_spec=sender.email) if sender.name else sender.email
-    msg["To"] = Address(envelope.name, addr_spec=envelope.email) if envelope.name else envelope.email
-    if sender.reply_to:
-        msg["Reply-To"] = sender.reply_to
-    msg["Date"] = format_datetime(localtime())
-    msg["Message-ID"] = f"<{rendered.issue_id}.{envelope.delivery_id}.{secrets.token_hex(6)}@{domain}>"
-    msg["List-Unsubscribe"] = f"<{envelope.unsubscribe_url}>"
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    host = urlsplit(sender.site_url).hostname or domain
-    msg["List-Id"] = f"{rendered.segment} {rendered.cadence} digest <{rendered.segment}.{rendered.cadence}.{host}>"
-    msg["X-Newsletter-Issue"] = str(rendered.issue_id)
-    msg["X-Newsletter-Delivery"] = str(envelope.delivery_id)
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
-    return msg
+    """The same message, parsed: for callers that want headers and parts as objects."""
+    return email.message_from_bytes(message_bytes(rendered, envelope, sender), policy=email.policy.default)
