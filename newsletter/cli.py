@@ -37,7 +37,9 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except EXPECTED_ERRORS as exc:
-            raise click.ClickException(str(exc).strip("'\"")) from None
+            # KeyError's str() adds quotes; every other message is shown as written.
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise click.ClickException(str(message)) from None
     return wrapper
 
 
@@ -190,7 +192,8 @@ def subscribers() -> None:
 @click.argument("email")
 @click.option("--segment", required=True, help="patients, caregivers, clinicians (or any in segments.toml).")
 @click.option("--name", default="", help="Name used in the greeting.")
-@click.option("--cadence", type=click.Choice(CADENCES), default="weekly", show_default=True)
+@click.option("--cadence", type=click.Choice(CADENCES), default="weekly", show_default=True,
+              help="How often this person gets a digest.")
 @click.option("--topic", "topics", multiple=True, help="A topic to follow (repeat; none = all topics).")
 @click.option("--confirmed", is_flag=True, help="The person already confirmed (status active, not pending).")
 @pass_ctx
@@ -198,8 +201,9 @@ def subscribers() -> None:
 def subscribers_add(ctx: Context, email: str, segment: str, name: str, cadence: str, topics: tuple[str, ...],
                     confirmed: bool) -> None:
     """Add one subscriber (pending until confirmed, unless --confirmed)."""
+    # Without --confirmed a new address is pending and an existing one keeps its status.
     rec = clean_subscriber({"email": email, "segment": segment, "name": name, "cadence": cadence,
-                            "topics": list(topics), "status": "active" if confirmed else "pending"}, ctx.segments)
+                            "topics": list(topics), "status": "active" if confirmed else None}, ctx.segments)
     counts = ctx.store.upsert_subscribers([rec])
     current = ctx.store.get_subscriber(rec["email"])
     verb = "added" if counts["added"] else "updated"
@@ -318,7 +322,8 @@ def issues() -> None:
 
 
 @issues.command("list")
-@click.option("--status", type=click.Choice(["draft", "approved", "sending", "sent", "cancelled"]))
+@click.option("--status", type=click.Choice(["draft", "approved", "sending", "sent", "cancelled"]),
+              help="Only issues in this state.")
 @pass_ctx
 @handle_errors
 def issues_list(ctx: Context, status: str | None) -> None:
@@ -448,8 +453,10 @@ def print_report(report: RunReport) -> None:
 @cli.command()
 @click.option("--segment", help="Only this segment.")
 @click.option("--issue", "issue_id", type=int, help="Preview this issue instead of the upcoming one.")
-@click.option("--cadence", type=click.Choice(CADENCES), default="weekly", show_default=True)
-@click.option("--out", "out_dir", default="preview", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cadence", type=click.Choice(CADENCES), default="weekly", show_default=True,
+              help="Which digest to preview.")
+@click.option("--out", "out_dir", default="preview", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the HTML, text and side-by-side page.")
 @click.option("--now", "now_text", metavar="ISO-DATETIME", help="Preview as of this moment.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the preview page in a browser.")
 @pass_ctx

@@ -37,8 +37,8 @@ def clean_subscriber(raw: dict[str, Any], segments: Iterable[str], known_topics:
     cadence = (raw.get("cadence") or "weekly").strip()
     if cadence not in CADENCES:
         raise SubscriberError(f"cadence: {cadence!r} is not one of {', '.join(CADENCES)}")
-    status = (raw.get("status") or "pending").strip()
-    if status not in SUBSCRIBER_STATUSES:
+    status = (raw.get("status") or "").strip() or None  # None: pending if new, unchanged if known
+    if status is not None and status not in SUBSCRIBER_STATUSES:
         raise SubscriberError(f"status: {status!r} is not one of {', '.join(SUBSCRIBER_STATUSES)}")
     topics = raw.get("topics") or []
     if isinstance(topics, str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import urllib.error
 import urllib.request
 from datetime import date, datetime
 from pathlib import Path
@@ -114,6 +115,8 @@ def parse_markdown(text: str, where: str) -> list[dict[str, Any]]:
         post = frontmatter.loads(text)
     except yaml.YAMLError as exc:
         raise IngestError(f"{where}: front matter: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # YAML reads 2026-13-45 as a date and fails on it
+        raise IngestError(f"{where}: published: not a date (use YYYY-MM-DD): {exc}") from None
     if not post.metadata:
         raise IngestError(f"{where}: front matter: missing (start the file with --- and a YAML block)")
     raw = dict(post.metadata)
@@ -194,6 +197,9 @@ def read_source(source: str) -> list[dict[str, Any]]:
         try:
             with urllib.request.urlopen(source, timeout=FEED_TIMEOUT) as resp:
                 return parse_feed(resp.read(), source)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise IngestError(f"{source}: url: could not fetch: HTTP {exc.code} {exc.reason}") from None
         except OSError as exc:
             raise IngestError(f"{source}: url: could not fetch: {exc}") from None
     path = Path(source)

@@ -294,15 +294,15 @@ class Store:
         with self.transaction() as conn:
             for rec in records:
                 topics = json.dumps(list(rec.get("topics") or []), ensure_ascii=False)
-                status = rec.get("status") or "pending"
                 existing = conn.execute("SELECT id, status FROM subscribers WHERE email = ?",
                                         (rec["email"],)).fetchone()
-                suppressed = conn.execute("SELECT 1 FROM suppressions WHERE email_hash = ?",
-                                          (email_hash(rec["email"]),)).fetchone()
+                status = rec.get("status") or (existing["status"] if existing else "pending")
+                suppressed = existing["status"] in SUPPRESSED if existing else bool(conn.execute(
+                    "SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(rec["email"]),)).fetchone())
+                if suppressed and status not in SUPPRESSED:
+                    status = existing["status"] if existing else "unsubscribed"
+                    counts["kept_suppressed"] += 1
                 if existing is None:
-                    if suppressed and status == "active":
-                        status = "unsubscribed"
-                        counts["kept_suppressed"] += 1
                     conn.execute("""INSERT INTO subscribers (email, name, segment, cadence, topics, status,
                                     created_at, updated_at, confirmed_at, unsubscribed_at)
                                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -311,9 +311,6 @@ class Store:
                                   now if status in SUPPRESSED else None))
                     counts["added"] += 1
                 else:
-                    if existing["status"] in SUPPRESSED and status not in SUPPRESSED:
-                        status = existing["status"]
-                        counts["kept_suppressed"] += 1
                     conn.execute("""UPDATE subscribers SET name = ?, segment = ?, cadence = ?, topics = ?,
                                     status = ?, updated_at = ?,
                                     confirmed_at = COALESCE(confirmed_at, CASE WHEN ? = 'active' THEN ? END),
