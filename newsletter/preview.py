@@ -6,10 +6,13 @@ import html as htmllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .digest import DigestRunner, local_today, period_for, select_summaries
 from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, Renderer, greeting
 
+DESKTOP_WIDTH = 640
+PHONE_WIDTH = 375
 PREVIEW_VALUES = {UNSUB_TOKEN: "preview-token", PREFS_TOKEN: "preview-token",
                   GREETING_HTML: greeting("Alex")[0], GREETING_TEXT: greeting("Alex")[1]}
 
@@ -35,7 +38,8 @@ def render_issue(ctx: Any, issue_id: int) -> Rendered:
 
 
 def write_preview(out: Path, renders: dict[str, Rendered]) -> Path:
-    """<segment>.html and .txt for each segment, plus index.html with both widths side by side."""
+    """<segment>.html and .txt for each segment, plus index.html with both widths side by side
+    and the plain-text part below them. Everything is local: the page loads nothing from the network."""
     out.mkdir(parents=True, exist_ok=True)
     panes = []
     for segment, rendered in renders.items():
@@ -43,15 +47,20 @@ def write_preview(out: Path, renders: dict[str, Rendered]) -> Path:
         (out / f"{segment}.html").write_text(html, encoding="utf-8")
         (out / f"{segment}.txt").write_text(text, encoding="utf-8")
         size_kb = len(html.encode()) / 1024
+        name = htmllib.escape(segment)
+        href = htmllib.escape(quote(f"{segment}.html"))
+        text_href = htmllib.escape(quote(f"{segment}.txt"))
         panes.append(f"""
 <section>
-  <h2>{htmllib.escape(segment)}: {htmllib.escape(rendered.subject)}</h2>
-  <p>{size_kb:.1f} KB HTML, {rendered.full_cards} full cards of {len(rendered.summary_ids)} summaries.
-     <a href="{segment}.html">HTML</a> &middot; <a href="{segment}.txt">plain text</a></p>
+  <h2>{name}: {htmllib.escape(rendered.subject)}</h2>
+  <p>Preheader: {htmllib.escape(rendered.preheader)}<br>
+     {size_kb:.1f} KB HTML, {rendered.full_cards} full cards of {len(rendered.summary_ids)} summaries.
+     <a href="{href}">HTML</a> &middot; <a href="{text_href}">plain text</a></p>
   <div class="widths">
-    <figure><figcaption>Desktop (640 px)</figcaption><iframe title="{segment} at desktop width" src="{segment}.html" width="640" height="900"></iframe></figure>
-    <figure><figcaption>Phone (375 px)</figcaption><iframe title="{segment} at phone width" src="{segment}.html" width="375" height="900"></iframe></figure>
+    <figure><figcaption>Desktop ({DESKTOP_WIDTH} px)</figcaption><iframe title="{name} at desktop width" src="{href}" width="{DESKTOP_WIDTH}" height="900"></iframe></figure>
+    <figure><figcaption>Phone ({PHONE_WIDTH} px)</figcaption><iframe title="{name} at phone width" src="{href}" width="{PHONE_WIDTH}" height="900"></iframe></figure>
   </div>
+  <details><summary>Plain-text part</summary><pre>{htmllib.escape(text)}</pre></details>
 </section>""")
     index = out / "index.html"
     index.write_text(f"""<!doctype html>
@@ -59,7 +68,8 @@ def write_preview(out: Path, renders: dict[str, Rendered]) -> Path:
 <title>Digest preview</title>
 <style>body{{font:16px/1.5 system-ui,sans-serif;margin:1rem 2rem;color:#1f2933}}
 .widths{{display:flex;gap:2rem;flex-wrap:wrap;align-items:flex-start}}
-iframe{{border:1px solid #8a96a3;background:#fff}} figure{{margin:0}}</style></head>
+iframe{{border:1px solid #8a96a3;background:#fff}} figure{{margin:0}}
+pre{{white-space:pre-wrap;max-width:72ch;background:#f4f6f8;padding:1rem}}</style></head>
 <body><h1>Digest preview (nothing was sent)</h1>{''.join(panes) or '<p>No segment has new summaries.</p>'}</body></html>
 """, encoding="utf-8")
     return index

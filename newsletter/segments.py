@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -39,6 +40,8 @@ def load_segments(path: str | Path | None = None) -> dict[str, Segment]:
     segments = {}
     for name, table in data.items():
         where = f"{path}: [{name}]"
+        if not re.fullmatch(r"[a-z0-9_-]+", name):
+            raise SegmentError(f"{where}: name: use lowercase letters, digits, - and _ (it names files and URLs)")
         if not isinstance(table, dict):
             raise SegmentError(f"{where}: expected a table")
         for key in ("display_name", "intro", "sections"):
