@@ -184,6 +184,9 @@ class DigestRunner:
         self.config.require_sendable()
         if issue_ids is None:
             issues = self.store.query("SELECT * FROM issues WHERE status IN ('approved', 'sending') ORDER BY id")
+            if retry_unknown:
+                issues += self.store.query("""SELECT * FROM issues WHERE status = 'sent' AND id IN
+                                              (SELECT issue_id FROM deliveries WHERE status = 'unknown') ORDER BY id""")
         else:
             issues = [self.store.get_issue(i) for i in issue_ids]
         if not issues:
@@ -195,7 +198,8 @@ class DigestRunner:
                                     rate_limit=self.config.rate_limit, on_progress=self.on_progress,
                                     on_start=self.on_issue)
             for issue in issues:
-                if issue["status"] not in ("approved", "sending"):
+                resendable = retry_unknown and issue["status"] == "sent"
+                if issue["status"] not in ("approved", "sending") and not resendable:
                     continue
                 tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown)
                 report.sent_issues[issue["id"]] = tally

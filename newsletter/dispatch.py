@@ -66,10 +66,10 @@ class RateLimiter:
 class Dispatcher:
     def __init__(self, store: Store, messenger: Messenger, tokens: Tokens, site_url: str, *,
                  rate_limit: float = 0.0, on_progress: Callable[[int], None] | None = None,
-                 on_start: Callable[[int, int], None] | None = None):
+                 on_start: Callable[[int, int], None] | None = None, limiter: RateLimiter | None = None):
         self.store, self.messenger, self.tokens = store, messenger, tokens
         self.site_url = site_url.rstrip("/")
-        self.limiter = RateLimiter(rate_limit)
+        self.limiter = limiter or RateLimiter(rate_limit)
         self.on_progress = on_progress or (lambda n: None)
         self.on_start = on_start or (lambda issue_id, pending: None)
 

@@ -45,7 +45,7 @@ class MimeTemplate:
 
     def message_bytes(self, envelope: Envelope) -> bytes:
         html, text = self.rendered.personalise(envelope.values)
-        to = formataddr((envelope.name, envelope.email), charset="utf-8") if envelope.name else envelope.email
+        to = _address(envelope.name, envelope.email)
         b = self.boundary
         head = (f"To: {to}\n"
                 f"Date: {format_datetime(localtime())}\n"
@@ -59,6 +59,14 @@ class MimeTemplate:
             f"--{b}\n{part.format('plain')}".encode(), _qp(text), f"\n--{b}\n{part.format('html')}".encode(),
             _qp(html), f"\n--{b}--\n".encode(),
         ))
+
+
+def _address(name: str, address: str) -> str:
+    """Display name encoded (RFC 2047), the address as is (SMTPUTF8 carries a non-ASCII one)."""
+    if not name:
+        return address
+    shown = formataddr((name, "x@x"), charset="utf-8")
+    return shown[: -len("<x@x>")] + f"<{address}>"
 
 
 def _qp(body: str) -> bytes:

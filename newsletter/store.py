@@ -365,7 +365,7 @@ class Store:
                          (segment, cadence, json.dumps(topics), now_iso(), subscriber_id))
 
     def remove_subscriber(self, email: str, reason: str = "removed") -> bool:
-        """Delete the person's data, keeping only a hash so they are never re-added by import."""
+        """Delete the person's data (events anonymised), keeping only a hash so no import re-adds them."""
         with self.transaction() as conn:
             row = conn.execute("SELECT id FROM subscribers WHERE email = ?", (email,)).fetchone()
             if row is None:
@@ -374,6 +374,9 @@ class Store:
             conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id WHERE subscriber_id = ?",
                          (row["id"],))
             conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
+            # Provider events stay (so a webhook retry is still a replay) but lose who they were about.
+            conn.execute("UPDATE events SET email = NULL, subscriber_id = NULL, payload = '{}' "
+                         "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, row["id"]))
             conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at) VALUES (?, ?, ?)",
                          (email_hash(email), reason, now_iso()))
         return True
@@ -465,15 +468,21 @@ class Store:
     # -- the delivery ledger ---------------------------------------------
 
     def plan_deliveries(self, issue_id: int) -> int:
-        """Write a pending row for every active subscriber of the issue's audience, once."""
-        issue = self.get_issue(issue_id)
+        """Write a pending row for every active subscriber of the issue's audience.
+
+        Only when the issue leaves `approved`, in the same transaction: a resumed
+        run sends to the audience as it was planned, not to later sign-ups.
+        """
         now = now_iso()
         with self.transaction() as conn:
+            issue = conn.execute("SELECT * FROM issues WHERE id = ?", (issue_id,)).fetchone()
+            if issue is None or issue["status"] != "approved":
+                return 0
             cur = conn.execute("""INSERT OR IGNORE INTO deliveries (issue_id, subscriber_id, status, created_at, updated_at)
                                   SELECT ?, id, 'pending', ?, ? FROM subscribers
                                   WHERE segment = ? AND cadence = ? AND status = 'active' ORDER BY id""",
                                (issue_id, now, now, issue["segment"], issue["cadence"]))
-            conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'approved'", (issue_id,))
+            conn.execute("UPDATE issues SET status = 'sending' WHERE id = ?", (issue_id,))
             return cur.rowcount
 
     def resolve_interrupted(self, issue_id: int, retry_unknown: bool = False) -> dict[str, int]:
@@ -490,6 +499,8 @@ class Store:
             if retry_unknown:
                 retried = conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?, error = NULL
                                           WHERE issue_id = ? AND status = 'unknown'""", (now, issue_id)).rowcount
+                if retried:
+                    conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
 
     def pending_batches(self, issue_id: int, size: int) -> Iterator[list[dict[str, Any]]]:

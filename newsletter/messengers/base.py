@@ -43,7 +43,13 @@ class Sender:
 
 
 class FatalSendError(Exception):
-    """Stop the whole run (bad credentials, forbidden): nothing of the batch was accepted."""
+    """Stop the whole run (bad credentials, forbidden): nothing of the batch was accepted.
+
+    The dispatcher puts the whole batch back to pending when it sees this, so a
+    messenger raises it only while nothing of the current batch has gone out.
+    Once part of a batch went out, it returns the outcomes it has (the rest
+    failed, with the reason) and raises at the start of its next `send`.
+    """
 
 
 class Messenger(Protocol):

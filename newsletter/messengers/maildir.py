@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import email.errors
 import mailbox
 from pathlib import Path
 from typing import Sequence
 
-from ..mime import build_message
+from ..mime import message_bytes
 from ..render import Rendered
 from .base import Envelope, Outcome, Sender
 
@@ -24,7 +25,12 @@ class MaildirMessenger:
         outcomes = []
         for env in envelopes:
             try:
-                key = self.box.add(build_message(rendered, env, self.sender))
+                msg = message_bytes(rendered, env, self.sender)
+            except (ValueError, email.errors.MessageError) as exc:  # e.g. a non-ASCII local part
+                outcomes.append(Outcome("failed", [env.delivery_id], error=f"maildir: cannot build the message: {exc}"))
+                continue
+            try:
+                key = self.box.add(msg)
             except OSError as exc:
                 outcomes.append(Outcome("failed", [env.delivery_id], error=f"maildir: {exc}"))
             else:

@@ -8,6 +8,7 @@ a pure function so tests can assert on the dict.
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import time
@@ -28,7 +29,7 @@ def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sen
                   asm_group_id: int = 0, sandbox: bool = False) -> dict[str, Any]:
     if not envelopes or len(envelopes) > MAX_PERSONALIZATIONS:
         raise ValueError(f"personalizations: need 1..{MAX_PERSONALIZATIONS}, got {len(envelopes)}")
-    emails = [e.email for e in envelopes]
+    emails = [e.email.lower() for e in envelopes]  # SendGrid compares addresses without case
     if len(set(emails)) != len(emails):
         raise ValueError("personalizations: an address appears twice in one request")
     personalizations = []
@@ -65,6 +66,22 @@ def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sen
     return payload
 
 
+def split_requests(envelopes: Sequence[Envelope]) -> list[list[Envelope]]:
+    """Requests of at most 1000 personalizations in which no address appears twice (case aside)."""
+    chunks: list[tuple[list[Envelope], set[str]]] = []
+    for env in envelopes:
+        key = env.email.lower()
+        for chunk, seen in chunks:
+            if len(chunk) < MAX_PERSONALIZATIONS and key not in seen:
+                break
+        else:
+            chunk, seen = [], set()
+            chunks.append((chunk, seen))
+        chunk.append(env)
+        seen.add(key)
+    return [chunk for chunk, _ in chunks]
+
+
 def describe_error(exc: http_errors.HTTPError) -> str:
     """The provider's own reasons: SendGrid's `errors` list, or Prism's sl-violations header."""
     reasons = []
@@ -72,10 +89,16 @@ def describe_error(exc: http_errors.HTTPError) -> str:
     violations = headers.get("sl-violations") if hasattr(headers, "get") else None
     if violations:
         try:
-            reasons += [f"{'/'.join(map(str, v.get('path', [])))}: {v.get('message')}" for v in json.loads(violations)]
-        except (ValueError, AttributeError):
+            for v in json.loads(violations):
+                # Prism names the place as `location` (["request", "body", "from"]); older builds as `path`.
+                where = [str(p) for p in (v.get("location") or v.get("path") or [])]
+                where = where[2:] if where[:2] == ["request", "body"] else where
+                reasons.append(f"{'.'.join(where) or 'request'}: {v.get('message')}")
+        except (ValueError, AttributeError, TypeError):
             reasons.append(violations)
     body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+    if violations:
+        body = ""  # a mock's body is only the contract's example, not a reason
     try:
         reasons += [f"{e.get('field') or ''}: {e.get('message')}".lstrip(": ") for e in json.loads(body)["errors"]]
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -99,18 +122,33 @@ class SendGridMessenger:
         self.max_attempts, self.backoff_base = max_attempts, backoff_base
         self.asm_group_id, self.sandbox, self.sleep = asm_group_id, sandbox, sleep
         self.requests = 0
+        self.fatal: FatalSendError | None = None
 
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        outcomes = []
-        for start in range(0, len(envelopes), MAX_PERSONALIZATIONS):
-            chunk = envelopes[start:start + MAX_PERSONALIZATIONS]
+        if self.fatal is not None:
+            raise self.fatal
+        outcomes: list[Outcome] = []
+        chunks = split_requests(envelopes)
+        for index, chunk in enumerate(chunks):
             payload = build_payload(rendered, chunk, self.sender, asm_group_id=self.asm_group_id, sandbox=self.sandbox)
-            outcomes.append(self.post(payload, [e.delivery_id for e in chunk]))
+            try:
+                outcomes.append(self.post(payload, [e.delivery_id for e in chunk]))
+            except FatalSendError as exc:
+                if all(o.status == "failed" for o in outcomes):
+                    raise  # nothing of this batch was accepted: it goes back to pending
+                # An earlier request of this batch was accepted: report it, stop the run at the next batch.
+                self.fatal = exc
+                outcomes.append(Outcome("failed", [e.delivery_id for c in chunks[index:] for e in c],
+                                        error=f"{exc} (not attempted: the run stopped)"))
+                break
         return outcomes
 
     def post(self, payload: dict[str, Any], ids: list[int]) -> Outcome:
-        error = ""
+        """One request, retried on 429, 5xx and refused connections; never after the request went out unanswered."""
+        error, delay = "", 0.0
         for attempt in range(1, self.max_attempts + 1):
+            if attempt > 1:
+                self.sleep(delay)
             self.requests += 1
             try:
                 response = self.client.client.mail.send.post(request_body=payload)
@@ -120,16 +158,16 @@ class SendGridMessenger:
                     raise FatalSendError(describe_error(exc) + " (check SENDGRID_API_KEY and its mail.send scope)") from None
                 error = describe_error(exc)
                 if status == 429 or status >= 500 or status == 0:
-                    self.sleep(self._delay(attempt, exc))
+                    delay = self._delay(attempt, exc)
                     continue
                 return Outcome("failed", ids, error=error)
             except urllib.error.URLError as exc:
-                # The connection was never made: SendGrid cannot have accepted anything.
+                # The request never went out whole: SendGrid cannot have accepted anything.
                 error = f"sendgrid: could not connect: {exc.reason}"
-                self.sleep(self._delay(attempt, None))
+                delay = self._delay(attempt, None)
                 continue
-            except OSError as exc:
-                # Sent, then no answer (timeout, reset): SendGrid may have accepted it.
+            except (OSError, http.client.HTTPException) as exc:
+                # Sent, then no answer or a garbled one (timeout, reset): SendGrid may have accepted it.
                 return Outcome("unknown", ids, error=f"sendgrid: no answer after the request was sent "
                                                      f"({type(exc).__name__}: {exc})")
             message_id = response.headers.get("X-Message-Id") if response.headers else None

@@ -1,22 +1,46 @@
 """SMTP delivery over one reused connection, reconnecting when it drops.
 
-A failure before DATA is safe to retry (nothing was handed over); a failure
-while DATA is in flight is ambiguous (the server may have queued the message),
-so that message is reported unknown and never retried blindly.
+A failure before the message's last byte went out is safe to retry (the server
+cannot have queued a message whose end it never saw); a lost answer after that
+is ambiguous (the server may have queued it), so that message is reported
+unknown and never retried blindly. The DATA command is therefore driven step
+by step instead of through smtplib's `data()`, which cannot tell the two apart
+and does not check the final reply code.
 """
 
 from __future__ import annotations
 
+import email.errors
+import re
 import smtplib
 import ssl
 import time
 from typing import Callable, Sequence
 
-from ..mime import build_message
+from ..mime import message_bytes
 from ..render import Rendered
 from .base import Envelope, FatalSendError, Outcome, Sender
 
 RETRY_ATTEMPTS = 3
+CRLF = b"\r\n"
+
+
+class _Dropped(Exception):
+    """The server closed the channel (421 or EOF) before the message was handed over."""
+
+
+def wire_bytes(data: bytes) -> bytes:
+    """The DATA payload: CRLF line ends (smtplib sends bytes as they are, and the MIME is
+    written with LF), leading dots doubled, ended by CRLF.CRLF (RFC 5321 4.5.2)."""
+    data = re.sub(rb"\r?\n", CRLF, data)
+    data = re.sub(rb"(?m)^\.", b"..", data)
+    if not data.endswith(CRLF):
+        data += CRLF
+    return data + b"." + CRLF
+
+
+def _text(resp: bytes | str) -> str:
+    return resp.decode(errors="replace") if isinstance(resp, bytes) else str(resp)
 
 
 class SmtpMessenger:
@@ -30,22 +54,33 @@ class SmtpMessenger:
         self.timeout, self.batch_size, self.sleep = timeout, batch_size, sleep
         self.conn: smtplib.SMTP | None = None
         self.connections = 0
+        self.fatal: FatalSendError | None = None
 
     def _connect(self) -> smtplib.SMTP:
         context = ssl.create_default_context()
-        if self.security == "ssl":
-            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
-        else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-            if self.security == "starttls":
-                conn.starttls(context=context)
+        try:
+            if self.security == "ssl":
+                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                if self.security == "starttls":
+                    try:
+                        conn.starttls(context=context)
+                    except smtplib.SMTPNotSupportedError:
+                        conn.close()
+                        raise FatalSendError(f"smtp: {self.host}:{self.port} does not offer STARTTLS "
+                                             "(set smtp_security to ssl, or none for a local relay)") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise FatalSendError(f"smtp: {self.host}:{self.port}: TLS certificate not trusted: "
+                                 f"{exc.verify_message}") from None
         if self.username:
             try:
                 conn.login(self.username, self.password or "")
-            except smtplib.SMTPAuthenticationError as exc:
+            except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
                 conn.close()
-                raise FatalSendError(f"smtp: login refused for {self.username!r}: {exc.smtp_code} "
-                                     f"{exc.smtp_error.decode(errors='replace')}") from None
+                detail = (f"{exc.smtp_code} {_text(exc.smtp_error)}" if isinstance(exc, smtplib.SMTPAuthenticationError)
+                          else "the server offers no AUTH")
+                raise FatalSendError(f"smtp: login refused for {self.username!r}: {detail}") from None
         self.connections += 1
         return conn
 
@@ -62,45 +97,103 @@ class SmtpMessenger:
                 pass
         self.conn = None
 
-    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        return [self._send_one(rendered, env) for env in envelopes]
+    def _rset(self, conn: smtplib.SMTP) -> None:
+        try:
+            conn.rset()
+        except OSError:  # smtplib.SMTPException is an OSError
+            self._drop()
 
-    def _send_one(self, rendered: Rendered, env: Envelope) -> Outcome:
-        data = build_message(rendered, env, self.sender).as_bytes()
-        last_error = ""
+    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        if self.fatal is not None:
+            raise self.fatal
+        outcomes: list[Outcome] = []
+        for index, env in enumerate(envelopes):
+            try:
+                outcome, unreachable = self._send_one(rendered, env)
+            except FatalSendError as exc:
+                if all(o.status == "failed" for o in outcomes):
+                    raise  # nothing of this batch was handed over: it goes back to pending
+                # Part of the batch went out: report it, and stop the run at the next batch.
+                self.fatal = exc
+                outcomes.append(Outcome("failed", [e.delivery_id for e in envelopes[index:]],
+                                        error=f"{exc} (not attempted: the run stopped)"))
+                break
+            outcomes.append(outcome)
+            if unreachable and index + 1 < len(envelopes):
+                # The server could not be reached at all: do not spend the same retries on
+                # every other message of the batch; the next batch tries again.
+                outcomes.append(Outcome("failed", [e.delivery_id for e in envelopes[index + 1:]],
+                                        error=outcome.error))
+                break
+        return outcomes
+
+    def _send_one(self, rendered: Rendered, env: Envelope) -> tuple[Outcome, bool]:
+        ids = [env.delivery_id]
+        utf8 = not (env.email.isascii() and self.sender.email.isascii())
+        try:
+            data = wire_bytes(message_bytes(rendered, env, self.sender))
+        except (ValueError, email.errors.MessageError) as exc:  # UnicodeError is a ValueError
+            return Outcome("failed", ids, error=f"smtp: cannot build the message: {exc}"), False
+        last_error, unreachable = "", False
         for attempt in range(RETRY_ATTEMPTS):
+            if attempt:
+                self.sleep(0.2 * 2 ** (attempt - 1))
             try:
                 conn = self._ensure()
-                code, resp = conn.mail(self.sender.email)
+                conn.ehlo_or_helo_if_needed()
+            except OSError as exc:  # refused, timed out, or greeted with an error
+                last_error, unreachable = f"smtp: cannot connect to {self.host}:{self.port}: {exc}", True
+                self._drop()
+                continue
+            unreachable = False
+            try:
+                options: list[str] = []
+                if utf8:
+                    if not conn.has_extn("smtputf8"):
+                        return Outcome("failed", ids, error="smtp: the address is not ASCII and the server does "
+                                                            "not offer SMTPUTF8"), False
+                    options = ["SMTPUTF8", "BODY=8BITMIME"] if conn.has_extn("8bitmime") else ["SMTPUTF8"]
+                code, resp = conn.mail(self.sender.email, options)
+                if code == 421:
+                    raise _Dropped(f"MAIL FROM: {code} {_text(resp)}")
                 if code != 250:
-                    conn.rset()
-                    return Outcome("failed", [env.delivery_id], error=f"smtp MAIL FROM: {code} {resp.decode(errors='replace')}")
+                    self._rset(conn)
+                    return Outcome("failed", ids, error=f"smtp MAIL FROM: {code} {_text(resp)}"), False
                 code, resp = conn.rcpt(env.email)
+                if code == 421:
+                    raise _Dropped(f"RCPT TO: {code} {_text(resp)}")
                 if code not in (250, 251):
-                    conn.rset()
-                    return Outcome("failed", [env.delivery_id], error=f"smtp RCPT TO: {code} {resp.decode(errors='replace')}")
-            except (smtplib.SMTPServerDisconnected, OSError) as exc:
-                # Nothing was handed over yet: reconnect and try again.
+                    self._rset(conn)
+                    return Outcome("failed", ids, error=f"smtp RCPT TO: {code} {_text(resp)}"), False
+                code, resp = conn.docmd("DATA")
+                if code == 421:
+                    raise _Dropped(f"DATA: {code} {_text(resp)}")
+                if code != 354:
+                    self._rset(conn)
+                    return Outcome("failed", ids, error=f"smtp DATA: {code} {_text(resp)}"), False
+                conn.send(data)
+            except (_Dropped, OSError) as exc:  # smtplib.SMTPException is an OSError
+                # The end of the message never went out: reconnect and try again.
                 last_error = f"smtp: {exc or type(exc).__name__}"
                 self._drop()
-                self.sleep(0.2 * 2 ** attempt)
                 continue
             try:
-                code, resp = conn.data(data)
-            except smtplib.SMTPDataError as exc:
-                return Outcome("failed", [env.delivery_id], error=f"smtp DATA: {exc.smtp_code} "
-                                                                   f"{exc.smtp_error.decode(errors='replace')}")
-            except (smtplib.SMTPException, OSError) as exc:
+                code, resp = conn.getreply()
+            except OSError as exc:
                 self._drop()
-                return Outcome("unknown", [env.delivery_id],
-                               error=f"smtp: connection lost during DATA ({exc or type(exc).__name__})")
-            return Outcome("sent", [env.delivery_id], provider_id=resp.decode(errors="replace")[:200])
-        return Outcome("failed", [env.delivery_id], error=f"{last_error} (after {RETRY_ATTEMPTS} attempts)")
+                return Outcome("unknown", ids, error=f"smtp: no answer after the message was sent "
+                                                     f"({exc or type(exc).__name__})"), False
+            if code == 250:
+                return Outcome("sent", ids, provider_id=_text(resp)[:200]), False
+            if code == 421:
+                self._drop()
+            return Outcome("failed", ids, error=f"smtp after DATA: {code} {_text(resp)}"), False
+        return Outcome("failed", ids, error=f"{last_error} (after {RETRY_ATTEMPTS} attempts)"), unreachable
 
     def close(self) -> None:
         if self.conn is not None:
             try:
                 self.conn.quit()
-            except (smtplib.SMTPException, OSError):
+            except OSError:
                 pass
-        self.conn = None
+            self._drop()

@@ -1,0 +1,170 @@
+"""The sendgrid messenger against SendGrid's own contract, served by Stoplight Prism on loopback.
+
+Prism validates every request body against tests/contracts/sendgrid_mail_send.openapi.json
+(a copy of ../shared/sendgrid/mail_send.openapi.json) and answers 202 only when
+it passes; a body that breaks the contract gets 400 with the reasons in the
+`sl-violations` header; no Authorization header gets 401.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from python_http_client.exceptions import HTTPError
+
+from newsletter.cli import cli
+from newsletter.digest import DigestRunner
+from newsletter.messengers import FatalSendError, messenger_from_config, sender_from_config
+from newsletter.messengers import sendgrid as sendgrid_module
+from newsletter.messengers.sendgrid import SendGridMessenger, build_payload, describe_error
+from newsletter.render import PLACEHOLDERS
+from tests.conftest import SAMPLE_NOW, load_samples
+
+
+@pytest.fixture
+def prism_site(make_site, prism, monkeypatch):
+    """The bundled samples, sending through SendGrid (Prism) with every optional part of the payload on."""
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.test-key")
+    ctx = make_site(backend="sendgrid", sendgrid_host=prism.url, sendgrid_timeout=10.0, reply_to="editors@example.org",
+                    sendgrid_asm_group_id=4242, sendgrid_sandbox=True)
+    load_samples(ctx)
+    return ctx
+
+
+def recorded_payloads(monkeypatch) -> list[dict]:
+    payloads: list[dict] = []
+    real = sendgrid_module.build_payload
+
+    def recording(*args, **kwargs):
+        payload = real(*args, **kwargs)
+        payloads.append(copy.deepcopy(payload))
+        return payload
+
+    monkeypatch.setattr(sendgrid_module, "build_payload", recording)
+    return payloads
+
+
+def test_real_issues_are_accepted_by_the_contract(prism_site, monkeypatch):
+    ctx = prism_site
+    payloads = recorded_payloads(monkeypatch)
+    messengers = []
+
+    def factory():
+        messengers.append(messenger_from_config(ctx.config))
+        return messengers[0]
+
+    report = DigestRunner(ctx.config, ctx.store, ctx.segments, messenger_factory=factory).run("weekly", SAMPLE_NOW)
+
+    assert len(report.created) == 3  # one issue per segment
+    rows = [r for r in ctx.store.deliveries() if r["status"] != "skipped"]
+    assert rows and report.tally.sent == len(rows)
+    assert report.tally.failed == report.tally.unknown == 0
+    # Prism answers 202 only to a body that passes the schema; the ledger keeps what each request got.
+    assert {r["status"] for r in rows} == {"sent"}
+    assert {r["provider_id"] for r in rows} == {"accepted-202"}
+    assert messengers[0].requests == len(payloads) == len({r["batch_id"] for r in rows})
+
+    by_delivery = {r["id"]: r for r in rows}
+    carried = []
+    for payload in payloads:
+        kinds = [c["type"] for c in payload["content"]]
+        assert kinds == ["text/plain", "text/html"]
+        assert payload["asm"] == {"group_id": 4242}
+        assert payload["mail_settings"] == {"sandbox_mode": {"enable": True}}
+        assert payload["reply_to"] == {"email": "editors@example.org"}
+        issue = ctx.store.get_issue(int(payload["custom_args"]["issue_id"]))
+        assert issue["segment"] in payload["categories"]
+        html = payload["content"][1]["value"]
+        for p in payload["personalizations"]:
+            row = by_delivery[int(p["custom_args"]["delivery_id"])]
+            assert p["to"] == [{"email": row["email"], **({"name": n} if (n := ctx.store.get_subscriber(
+                row["email"])["name"]) else {})}]
+            assert p["custom_args"]["subscriber_id"] == str(row["subscriber_id"])
+            assert set(p["substitutions"]) == set(PLACEHOLDERS)
+            unsubscribe = f"https://digest.example.org/u/{p['substitutions']['-nl-utok-']}"
+            assert p["headers"] == {"List-Unsubscribe": f"<{unsubscribe}>",
+                                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+            carried.append(row["id"])
+        assert "-nl-utok-" in html  # one body per variant; SendGrid fills each recipient's token
+    assert sorted(carried) == sorted(by_delivery)  # each delivery in exactly one accepted request
+
+
+def sample_payload(ctx) -> dict:
+    runner = DigestRunner(ctx.config, ctx.store, ctx.segments)
+    issues = runner.run("weekly", SAMPLE_NOW, send=False).created
+    rendered = runner.variant_renderer(ctx.store.get_issue(issues[0]["id"]))([])
+    from newsletter.dispatch import Dispatcher
+    from newsletter.tokens import Tokens
+    dispatcher = Dispatcher(ctx.store, None, Tokens(ctx.config.require_secret()), ctx.config.site_url)
+    rows = [{"delivery_id": i, "subscriber_id": s["id"], "email": s["email"], "name": s["name"]}
+            for i, s in enumerate(ctx.store.subscribers(status="active")[:3], start=1)]
+    return build_payload(rendered, [dispatcher.envelope(r) for r in rows], sender_from_config(ctx.config))
+
+
+def test_broken_payload_is_rejected_with_prisms_reasons(prism_site, prism):
+    ctx = prism_site
+    good = sample_payload(ctx)
+    broken = copy.deepcopy(good)
+    broken["from"] = {"name": "Nobody"}                             # from.email is required
+    broken["personalizations"][0]["to"][0]["email"] = "not-an-address"
+
+    sleeps: list[float] = []
+    messenger = SendGridMessenger("SG.test-key", sender_from_config(ctx.config), host=prism.url, timeout=10,
+                                  sleep=sleeps.append)
+    with pytest.raises(HTTPError) as raised:
+        messenger.client.client.mail.send.post(request_body=broken)
+    assert raised.value.status_code == 400
+    reason = describe_error(raised.value)
+    assert reason.startswith("sendgrid 400: ")
+    assert "from: Request body property from must have required property 'email'" in reason
+    assert 'personalizations.0.to.0.email: Request body property personalizations.0.to.0.email must match format' \
+           in reason
+
+    outcome = messenger.post(broken, [11, 12, 13])
+    assert (outcome.status, outcome.delivery_ids) == ("failed", [11, 12, 13])
+    assert "must have required property 'email'" in outcome.error
+    assert messenger.requests == 1 and sleeps == []  # a 400 is never retried
+
+    # The same payload unbroken passes: the rejection was about what we broke.
+    assert messenger.post(good, [1, 2, 3]).status == "sent"
+
+    too_many = copy.deepcopy(good)
+    too_many["personalizations"] = [copy.deepcopy(good["personalizations"][0]) for _ in range(1001)]
+    for n, p in enumerate(too_many["personalizations"]):
+        p["to"] = [{"email": f"reader{n}@example.org"}]
+    refused = messenger.post(too_many, [1])
+    assert refused.status == "failed" and "personalizations" in refused.error
+
+
+def test_missing_authorization_stops_the_run_and_sends_nothing(prism_site, prism, monkeypatch):
+    ctx = prism_site
+    messenger = SendGridMessenger("SG.test-key", sender_from_config(ctx.config), host=prism.url, timeout=10,
+                                  sleep=lambda s: None)
+    del messenger.client.client.request_headers["Authorization"]
+    runner = DigestRunner(ctx.config, ctx.store, ctx.segments, messenger_factory=lambda: messenger)
+    with pytest.raises(FatalSendError, match=r"sendgrid 401: .*SENDGRID_API_KEY"):
+        runner.run("weekly", SAMPLE_NOW)
+    assert messenger.requests == 1  # the first answer stopped the run
+    counts = ctx.store.delivery_counts()
+    assert "sent" not in counts and "sending" not in counts and counts.get("pending", 0) > 0
+
+    stopped = {r["id"] for r in ctx.store.deliveries(status="pending")}
+
+    # With credentials the same issues go out, each delivery once.
+    payloads = recorded_payloads(monkeypatch)
+    report = DigestRunner(ctx.config, ctx.store, ctx.segments,
+                          messenger_factory=lambda: messenger_from_config(ctx.config)).run("weekly", SAMPLE_NOW)
+    carried = [int(p["custom_args"]["delivery_id"]) for payload in payloads for p in payload["personalizations"]]
+    assert len(carried) == len(set(carried)) == report.tally.sent
+    assert stopped <= set(carried)
+    assert set(ctx.store.delivery_counts()) <= {"sent", "skipped"}
+
+
+def test_cli_without_api_key_says_so_and_plans_nothing(make_site, prism, runner):
+    ctx = make_site(backend="sendgrid", sendgrid_host=prism.url)  # SENDGRID_API_KEY is not in the environment
+    load_samples(ctx)
+    result = runner.invoke(cli, ["--config", str(ctx.config.source), "digest", "run", "--now", SAMPLE_NOW.isoformat()])
+    assert result.exit_code == 1
+    assert "SENDGRID_API_KEY is not set" in result.output
+    assert ctx.store.delivery_counts() == {}
