@@ -312,7 +312,7 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
             click.echo(str(exc), err=True)
             return
     print_report(report)
-    if report.tally.failed or report.tally.unknown:
+    if report.tally.failed or report.tally.unknown or report.tally.interrupted:
         sys.exit(1)
 
 
@@ -394,7 +394,7 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool) -> None:
     issue = ctx.store.get_issue(issue_id)
     if issue is None:
         raise click.ClickException(f"issue {issue_id}: no such issue")
-    if issue["status"] not in ("approved", "sending"):
+    if issue["status"] not in ("approved", "sending") and not (retry_unknown and issue["status"] == "sent"):
         raise click.ClickException(f"issue {issue_id}: is {issue['status']}; approve it first")
     report = RunReport()
     with progress_callbacks() as (on_issue, on_progress):

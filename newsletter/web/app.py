@@ -1,0 +1,182 @@
+"""The Flask app factory: editors' pages, subscribers' signed links, the SendGrid webhook.
+
+`create_app(config)` takes a resolved Config (or a path to newsletter.toml, or
+nothing: the usual lookup). Keyword overrides in lower case replace settings
+(`create_app(cfg, site_url="https://...")`); upper-case ones go to Flask's
+config (`TESTING=True`, `LOGIN_MAX_FAILURES=3`, `CLOCK=fake_clock`).
+
+Each request opens its own Store (SQLite in WAL mode, about a millisecond) and
+closes it when the request ends, so the threads of a WSGI server never share a
+connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from flask import Flask, g, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from ..context import Context
+from ..segments import CADENCES, Segment, load_segments
+from ..settings import Config, load_config
+from ..tokens import Tokens
+from .rendering import RenderCache
+from .security import Throttle, csrf_token, current_editor, protect_csrf
+
+log = logging.getLogger("newsletter.web")
+
+PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-src 'self'; "
+            "frame-ancestors 'self'; base-uri 'none'")
+#: Rendered emails (preview iframes, archive): their own inline styles, no script, no plugin, opaque origin.
+EMAIL_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; frame-ancestors 'self'; "
+             "base-uri 'none'; form-action 'none'; sandbox allow-popups allow-popups-to-escape-sandbox")
+
+FLASK_DEFAULTS = {
+    "LOGIN_MAX_FAILURES": 5,        # per editor name within the window
+    "LOGIN_MAX_FAILURES_IP": 20,    # per client address within the window
+    "LOGIN_WINDOW_SECONDS": 900,
+    "SUBSCRIBE_MAX_PER_ADDRESS": 3,  # confirmation emails to one address per hour
+    "SUBSCRIBE_MAX_PER_IP": 30,      # sign-up attempts from one client address per hour
+    "CLOCK": time.monotonic,
+    "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,
+}
+
+
+@dataclass
+class WebState:
+    """What the app keeps between requests (nothing that holds a database connection)."""
+    config: Config
+    segments: dict[str, Segment]
+    tokens: Tokens
+    login_names: Throttle
+    login_ips: Throttle
+    subscribe_addresses: Throttle
+    subscribe_ips: Throttle
+    renders: RenderCache = field(default_factory=RenderCache)
+    webhook_verifier: Any = None
+    webhook_key_error: str = ""
+
+
+def create_app(config: Config | str | Path | None = None, **overrides: Any) -> Flask:
+    if config is None or isinstance(config, (str, Path)):
+        config = load_config(config)
+    settings = {k: v for k, v in overrides.items() if not k.isupper()}
+    flask_settings = {k: v for k, v in overrides.items() if k.isupper()}
+    unknown = [k for k in settings if k not in config.as_dict()]
+    if unknown:
+        raise TypeError(f"create_app: unknown setting {unknown[0]!r}")
+    if settings:
+        config = config.replace(**settings)
+    if config.site_url.endswith("/"):
+        config = config.replace(site_url=config.site_url.rstrip("/"))
+    secret = config.require_secret()
+
+    app = Flask(__name__)
+    secure = config.site_url.startswith("https://")
+    app.config.update(
+        SECRET_KEY=hmac.new(secret.encode(), b"newsletter-web-session", hashlib.sha256).hexdigest(),
+        SESSION_COOKIE_NAME="__Host-newsletter" if secure else "newsletter",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        PREFERRED_URL_SCHEME="https" if secure else "http",
+        **FLASK_DEFAULTS,
+    )
+    app.config.update(flask_settings)
+    clock: Callable[[], float] = app.config["CLOCK"]
+    window = app.config["LOGIN_WINDOW_SECONDS"]
+    state = WebState(
+        config=config,
+        segments=load_segments(config.segments_file or None),
+        tokens=Tokens(secret),
+        login_names=Throttle(app.config["LOGIN_MAX_FAILURES"], window, clock),
+        login_ips=Throttle(app.config["LOGIN_MAX_FAILURES_IP"], window, clock),
+        subscribe_addresses=Throttle(app.config["SUBSCRIBE_MAX_PER_ADDRESS"], 3600, clock),
+        subscribe_ips=Throttle(app.config["SUBSCRIBE_MAX_PER_IP"], 3600, clock),
+    )
+    _load_webhook_key(state)
+    app.extensions["newsletter"] = state
+
+    from .editors import bp as editors_bp
+    from .public import bp as public_bp
+    from .webhooks import bp as webhooks_bp
+
+    app.register_blueprint(public_bp)
+    app.register_blueprint(editors_bp)
+    app.register_blueprint(webhooks_bp)
+    app.before_request(protect_csrf)
+    app.jinja_env.globals["csrf_token"] = csrf_token  # imported form macros see globals, not the context
+
+    @app.context_processor
+    def page_globals() -> dict[str, Any]:
+        return {"site_name": config.site_name, "postal_address": config.postal_address, "lang": config.lang,
+                "editor": current_editor(), "cadences": CADENCES}
+
+    @app.teardown_appcontext
+    def close_store(exc: BaseException | None) -> None:
+        ctx = g.pop("newsletter_ctx", None)
+        if ctx is not None:
+            ctx.close()
+
+    @app.after_request
+    def headers(response: Any) -> Any:
+        response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"  # signed tokens live in URLs
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        if request.endpoint != "static":
+            response.headers.setdefault("Cache-Control", "no-store")
+        if secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        code = exc.code or 500
+        response = exc.get_response()
+        body = render_template("message.html", title=f"{code} {exc.name}", message=exc.description, code=code)
+        response.set_data(body)
+        response.content_type = "text/html; charset=utf-8"
+        return response
+
+    return app
+
+
+def _load_webhook_key(state: WebState) -> None:
+    """A malformed key must not stop the app; the webhook then rejects everything with 403."""
+    key = (state.config.webhook_public_key or "").strip()
+    if not key:
+        state.webhook_key_error = "webhook_public_key is not set"
+        return
+    from sendgrid import EventWebhook
+
+    try:
+        state.webhook_verifier = EventWebhook(key)
+    except (ValueError, TypeError) as exc:
+        state.webhook_key_error = f"webhook_public_key: not a valid ECDSA public key ({exc})"
+        log.error(state.webhook_key_error)
+
+
+def web_state() -> WebState:
+    from flask import current_app
+    return current_app.extensions["newsletter"]
+
+
+def get_ctx() -> Context:
+    """This request's Context: the config, the app's segments, and a Store opened on first use."""
+    ctx = g.get("newsletter_ctx")
+    if ctx is None:
+        state = web_state()
+        ctx = Context(state.config)
+        ctx.__dict__["segments"] = state.segments  # loaded once by the app
+        g.newsletter_ctx = ctx
+    return ctx

@@ -1,0 +1,200 @@
+"""Editors' pages: log in, list issues, preview an issue at two widths, approve, cancel, send a test."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, session, url_for
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .. import lifecycle
+from ..digest import Period
+from ..ingest_subscribers import SubscriberError, normalise_email
+from ..messengers import FatalSendError
+from ..preview import PREVIEW_VALUES
+from ..render import RenderError
+from ..settings import ConfigError
+from .app import EMAIL_CSP, get_ctx, web_state
+from .security import csrf_token, current_editor, login_required, safe_next
+
+log = logging.getLogger("newsletter.web")
+bp = Blueprint("editor", __name__, url_prefix="/editor")
+
+#: Widths shown side by side on the issue page (MJML's desktop width, a common phone).
+WIDTHS = (("Desktop", 640), ("Phone", 375))
+TEST_SEND_ERRORS = (ConfigError, RenderError, FatalSendError, SubscriberError, LookupError, ValueError, OSError)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when the name is unknown, so both answers take as long."""
+    return generate_password_hash("not-a-password-anyone-has")
+
+
+# -- log in / out ----------------------------------------------------------------
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    state = web_state()
+    next_url = safe_next(request.values.get("next"))
+    if request.method == "GET":
+        if current_editor():
+            return redirect(next_url or url_for("editor.issues"))
+        return render_template("login.html", next=next_url, error=None, name="")
+    name = request.form.get("name", "").strip()
+    password = request.form.get("password", "")
+    ip = request.remote_addr or "unknown"
+    wait = max(state.login_names.blocked(name.lower()), state.login_ips.blocked(ip))
+    if wait:
+        minutes = max(1, math.ceil(wait / 60))
+        log.warning("login throttled: name=%r ip=%s", name, ip)
+        response = make_response(render_template(
+            "login.html", next=next_url, name=name,
+            error=f"Too many failed attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}."), 429)
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
+    stored = state.config.editors.get(name)
+    valid = check_password_hash(stored or _dummy_hash(), password) and stored is not None
+    if not valid:
+        state.login_names.hit(name.lower())
+        state.login_ips.hit(ip)
+        log.warning("login failed: name=%r ip=%s", name, ip)
+        return render_template("login.html", next=next_url, name=name, error="Wrong name or password."), 401
+    state.login_names.clear(name.lower())
+    session.clear()  # a fresh session (and CSRF token) for the logged-in editor
+    session["editor"] = name
+    session["login_at"] = time.time()
+    csrf_token()
+    return redirect(next_url or url_for("editor.issues"), code=303)
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    session.clear()
+    flash("You are logged out.")
+    return redirect(url_for("editor.login"), code=303)
+
+
+# -- issues ----------------------------------------------------------------------
+
+@bp.get("/")
+@login_required
+def issues() -> str:
+    store = get_ctx().store
+    rows = list(reversed(store.issues()))
+    for row in rows:
+        row["counts"] = store.delivery_counts(row["id"])
+        row["period_label"] = Period.from_key(row["period"]).label
+    return render_template("issues.html", issues=rows, segments=web_state().segments)
+
+
+def load_issue(issue_id: int) -> dict[str, Any]:
+    issue = get_ctx().store.get_issue(issue_id)
+    if issue is None:
+        abort(404, description=f"There is no issue {issue_id}.")
+    return issue
+
+
+def render_for_preview(issue: dict[str, Any]) -> tuple[Any, str | None]:
+    try:
+        rendered = web_state().renders.variant(get_ctx(), issue, [])
+    except (RenderError, KeyError) as exc:
+        return None, f"This issue cannot be rendered: {exc}"
+    if rendered is None:
+        return None, "This issue has no summaries."
+    return rendered, None
+
+
+@bp.get("/issues/<int:issue_id>")
+@login_required
+def issue(issue_id: int) -> str:
+    row = load_issue(issue_id)
+    store = get_ctx().store
+    rendered, error = render_for_preview(row)
+    html, text = rendered.personalise(PREVIEW_VALUES) if rendered else ("", "")
+    size_kb = len(html.encode()) / 1024
+    return render_template("issue.html", issue=row, rendered=rendered, error=error, text=text, size_kb=size_kb,
+                           widths=WIDTHS, summaries=store.issue_summaries(issue_id),
+                           counts=store.delivery_counts(issue_id),
+                           period_label=Period.from_key(row["period"]).label,
+                           segment=web_state().segments.get(row["segment"]))
+
+
+@bp.get("/issues/<int:issue_id>/email.html")
+@login_required
+def issue_html(issue_id: int) -> Response:
+    rendered, error = render_for_preview(load_issue(issue_id))
+    if rendered is None:
+        abort(409, description=error)
+    response = make_response(rendered.personalise(PREVIEW_VALUES)[0])
+    response.headers["Content-Security-Policy"] = EMAIL_CSP
+    return response
+
+
+@bp.get("/issues/<int:issue_id>/email.txt")
+@login_required
+def issue_text(issue_id: int) -> Response:
+    rendered, error = render_for_preview(load_issue(issue_id))
+    if rendered is None:
+        abort(409, description=error)
+    return Response(rendered.personalise(PREVIEW_VALUES)[1], mimetype="text/plain")
+
+
+@bp.post("/issues/<int:issue_id>/approve")
+@login_required
+def approve(issue_id: int) -> Any:
+    load_issue(issue_id)
+    try:
+        lifecycle.transition(get_ctx(), issue_id, "approved")
+    except lifecycle.LifecycleError as exc:
+        flash(f"Not approved: {exc}.", "error")
+    else:
+        log.info("issue %s approved by %s", issue_id, current_editor())
+        flash(f"Issue {issue_id} is approved: the next digest run sends it.")
+    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+
+
+@bp.post("/issues/<int:issue_id>/cancel")
+@login_required
+def cancel(issue_id: int) -> Any:
+    load_issue(issue_id)
+    try:
+        lifecycle.transition(get_ctx(), issue_id, "cancelled")
+    except lifecycle.LifecycleError as exc:
+        flash(f"Not cancelled: {exc}.", "error")
+    else:
+        log.info("issue %s cancelled by %s", issue_id, current_editor())
+        flash(f"Issue {issue_id} is cancelled: it will not be sent.")
+    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+
+
+@bp.post("/issues/<int:issue_id>/test")
+@login_required
+def send_test(issue_id: int) -> Any:
+    load_issue(issue_id)
+    try:
+        address = normalise_email(request.form.get("address", ""))
+    except SubscriberError:
+        flash("Enter the email address the test should go to.", "error")
+        return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+    try:
+        lifecycle.send_test(get_ctx(), issue_id, address)
+    except TEST_SEND_ERRORS as exc:
+        log.error("test send of issue %s to %s failed: %s", issue_id, address, exc)
+        flash(f"The test was not sent: {exc}", "error")
+    else:
+        log.info("issue %s: test sent to %s by %s", issue_id, address, current_editor())
+        flash(f"A test of issue {issue_id} was sent to {address}.")
+    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+
+
+# -- summaries -------------------------------------------------------------------
+
+@bp.get("/summaries")
+@login_required
+def summaries() -> str:
+    return render_template("summaries.html", summaries=get_ctx().store.summaries())

@@ -1,0 +1,288 @@
+"""Subscribers' pages: sign-up with double opt-in, confirm, preferences, unsubscribe, archive.
+
+No logins: every page that touches a subscription is reached by a signed link
+bound to one subscriber and one purpose. A forged, expired or wrong-purpose
+token gets a plain error page and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable
+
+from flask import (Blueprint, Response, abort, flash, make_response, redirect, render_template, request,
+                   url_for)
+
+from ..ingest_subscribers import SubscriberError, normalise_email
+from ..segments import CADENCES
+from ..store import SUPPRESSED, now_iso
+from ..tokens import TokenError
+from . import mailer
+from .app import EMAIL_CSP, get_ctx, web_state
+from .rendering import ARCHIVE_TOKEN, ARCHIVE_VALUES, topics_for_variant
+from .security import csrf_exempt, csrf_valid
+
+log = logging.getLogger("newsletter.web")
+bp = Blueprint("public", __name__)
+
+EXPORT_FIELDS = ("email", "name", "segment", "cadence", "topics", "status", "created_at", "updated_at",
+                 "confirmed_at", "unsubscribed_at")
+
+
+# -- helpers -----------------------------------------------------------------
+
+def known_topics(extra: Iterable[str] = ()) -> list[str]:
+    """Topics of the stored summaries (plus a subscriber's own), one spelling each, sorted."""
+    seen: dict[str, str] = {}
+    for summary in get_ctx().store.summaries():
+        for topic in summary["topics"]:
+            seen.setdefault(topic.lower(), topic)
+    for topic in extra:
+        seen.setdefault(topic.lower(), topic)
+    return sorted(seen.values(), key=str.lower)
+
+
+CADENCE_LABELS = {"weekly": "Every week", "monthly": "Once a month"}
+
+
+def form_options(topics: list[str]) -> dict[str, list[tuple[str, str]]]:
+    return {"segments": [(s.name, s.display_name) for s in web_state().segments.values()],
+            "cadences": [(c, CADENCE_LABELS.get(c, c.capitalize())) for c in CADENCES],
+            "topics": [(t, t) for t in topics]}
+
+
+def read_choices(form: Any, topics_allowed: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """segment, cadence and topics from a form, with an error message per bad field."""
+    state = web_state()
+    errors: dict[str, str] = {}
+    segment = form.get("segment", "")
+    if segment not in state.segments:
+        errors["segment"] = "Choose who the digest is for."
+    cadence = form.get("cadence", "")
+    if cadence not in CADENCES:
+        errors["cadence"] = "Choose how often you want it."
+    canonical = {t.lower(): t for t in topics_allowed}
+    chosen = form.getlist("topics")
+    if any(t.lower() not in canonical for t in chosen):
+        errors["topics"] = "Choose topics from the list."
+    topics = sorted({canonical[t.lower()] for t in chosen if t.lower() in canonical}, key=str.lower)
+    return {"segment": segment, "cadence": cadence, "topics": topics}, errors
+
+
+def subscriber_for(purpose: str, token: str) -> dict[str, Any]:
+    """The subscriber a signed link was made for, or an error page (nothing changes)."""
+    if token == ARCHIVE_TOKEN:
+        abort(404, description="This is the web copy of a digest. To unsubscribe or change what you receive, "
+                               "use the links in the email you received.")
+    try:
+        subscriber_id = web_state().tokens.verify(purpose, token)
+    except TokenError as exc:
+        message = str(exc)
+        hint = " Subscribe again to get a new link." if "expired" in message else ""
+        abort(400, description=f"{message[0].upper()}{message[1:]}.{hint}")
+    subscriber = get_ctx().store.get_subscriber(id=subscriber_id)
+    if subscriber is None:
+        abort(404, description="We have no subscription for this link: it may have been deleted.")
+    return subscriber
+
+
+def links_for(subscriber_id: int) -> dict[str, str]:
+    tokens = web_state().tokens
+    return {"preferences": url_for("public.preferences", token=tokens.sign("preferences", subscriber_id)),
+            "unsubscribe": url_for("public.unsubscribe", token=tokens.sign("unsubscribe", subscriber_id))}
+
+
+def absolute(path: str) -> str:
+    return web_state().config.site_url + path
+
+
+# -- sign-up -----------------------------------------------------------------
+
+@bp.route("/", methods=["GET", "POST"])
+def subscribe() -> Any:
+    state = web_state()
+    topics_allowed = known_topics()
+    if request.method == "GET":
+        return render_template("subscribe.html", values={"topics": []}, errors={},
+                               options=form_options(topics_allowed))
+    choices, errors = read_choices(request.form, topics_allowed)
+    raw_email = request.form.get("email", "")
+    try:
+        email = normalise_email(raw_email)
+    except SubscriberError:
+        email = ""
+        errors["email"] = "Enter an email address, like name@example.org."
+    if request.form.get("consent") != "yes":
+        errors["consent"] = "Tick the box to agree, or we cannot send you the digest."
+    if errors:
+        values = {**choices, "email": raw_email.strip(), "consent": request.form.get("consent") == "yes"}
+        return render_template("subscribe.html", values=values, errors=errors,
+                               options=form_options(topics_allowed)), 400
+    ip = request.remote_addr or "unknown"
+    if state.subscribe_ips.blocked(ip):
+        abort(429, description="Too many sign-ups from your network. Try again in an hour.")
+    state.subscribe_ips.hit(ip)
+
+    store = get_ctx().store
+    subscriber = store.get_subscriber(email)
+    if subscriber is None:
+        # Only a new address is stored, as pending; an existing one is never changed here.
+        store.upsert_subscribers([{"email": email, "name": "", **choices, "status": "pending"}])
+        subscriber = store.get_subscriber(email)
+    # One confirmation per request, a few per hour per address at most, and none to an address
+    # that reported us as spam. The page says the same whatever happened.
+    if subscriber["status"] != "complained" and not state.subscribe_addresses.blocked(email):
+        state.subscribe_addresses.hit(email)
+        send_confirmation(subscriber)
+    return render_template("check_inbox.html")
+
+
+def send_confirmation(subscriber: dict[str, Any]) -> None:
+    state = web_state()
+    config = state.config
+    if subscriber["status"] == "active":
+        prefs = absolute(links_for(subscriber["id"])["preferences"])
+        text = mailer.confirmation_text(config.site_name, confirm_url=None, preferences_url=prefs,
+                                        postal_address=config.postal_address)
+        subject = f"Your {config.site_name} subscription"
+    else:
+        token = state.tokens.sign("confirm", subscriber["id"])
+        text = mailer.confirmation_text(config.site_name, confirm_url=absolute(url_for("public.confirm", token=token)),
+                                        preferences_url=None, postal_address=config.postal_address)
+        subject = f"Confirm your subscription to {config.site_name}"
+    try:
+        mailer.deliver(config, mailer.build_message(config, subscriber["email"], subject, text))
+    except mailer.MailError as exc:
+        log.error("confirmation email not sent: %s", exc)
+        abort(503, description="We could not send the confirmation email just now. Please try again later.")
+
+
+@bp.route("/confirm/<token>", methods=["GET", "POST"])
+def confirm(token: str) -> Any:
+    subscriber = subscriber_for("confirm", token)
+    links = links_for(subscriber["id"])
+    if request.method == "GET":
+        return render_template("confirm.html", subscriber=subscriber, done=subscriber["status"] == "active",
+                               links=links)
+    if subscriber["status"] != "active":
+        get_ctx().store.set_subscriber_status(subscriber["id"], "active")
+    return render_template("confirm.html", subscriber=subscriber, done=True, links=links, just_confirmed=True)
+
+
+# -- preferences ---------------------------------------------------------------
+
+@bp.route("/p/<token>", methods=["GET", "POST"])
+def preferences(token: str) -> Any:
+    subscriber = subscriber_for("preferences", token)
+    topics_allowed = known_topics(subscriber["topics"])
+    links = links_for(subscriber["id"])
+    if request.method == "GET":
+        return render_template("preferences.html", subscriber=subscriber, values=subscriber, errors={},
+                               options=form_options(topics_allowed), links=links, token=token)
+    choices, errors = read_choices(request.form, topics_allowed)
+    if errors:
+        return render_template("preferences.html", subscriber=subscriber, values=choices, errors=errors,
+                               options=form_options(topics_allowed), links=links, token=token), 400
+    get_ctx().store.update_preferences(subscriber["id"], choices["segment"], choices["cadence"], choices["topics"])
+    flash("Your preferences are saved.")
+    return redirect(url_for("public.preferences", token=token), code=303)
+
+
+@bp.post("/p/<token>/pause")
+def pause(token: str) -> Any:
+    subscriber = subscriber_for("preferences", token)
+    if subscriber["status"] not in SUPPRESSED:
+        get_ctx().store.set_subscriber_status(subscriber["id"], "unsubscribed")
+    flash("The digest is paused: we will send you nothing until you resume it.")
+    return redirect(url_for("public.preferences", token=token), code=303)
+
+
+@bp.post("/p/<token>/resume")
+def resume(token: str) -> Any:
+    subscriber = subscriber_for("preferences", token)
+    if subscriber["status"] != "active":
+        get_ctx().store.set_subscriber_status(subscriber["id"], "active")
+    flash("The digest is on again.")
+    return redirect(url_for("public.preferences", token=token), code=303)
+
+
+@bp.get("/p/<token>/data.json")
+def download(token: str) -> Response:
+    subscriber = subscriber_for("preferences", token)
+    store = get_ctx().store
+    deliveries = store.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
+                                       d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
+                                FROM deliveries d JOIN issues i ON i.id = d.issue_id
+                                WHERE d.subscriber_id = ? ORDER BY d.id""", (subscriber["id"],))
+    events = store.query("""SELECT provider, type, occurred_at, received_at, payload FROM events
+                            WHERE subscriber_id = ? OR email = ? ORDER BY id""",
+                         (subscriber["id"], subscriber["email"]))
+    for event in events:
+        event["payload"] = json.loads(event["payload"])
+    data = {"exported_at": now_iso(), "site": web_state().config.site_name,
+            "subscriber": {k: subscriber[k] for k in EXPORT_FIELDS}, "deliveries": deliveries, "events": events}
+    response = make_response(json.dumps(data, indent=2, ensure_ascii=False))
+    response.content_type = "application/json; charset=utf-8"
+    response.headers["Content-Disposition"] = 'attachment; filename="my-newsletter-data.json"'
+    return response
+
+
+@bp.route("/p/<token>/delete", methods=["GET", "POST"])
+def delete(token: str) -> Any:
+    subscriber = subscriber_for("preferences", token)
+    if request.method == "GET":
+        return render_template("delete.html", subscriber=subscriber, token=token)
+    store = get_ctx().store
+    store.remove_subscriber(subscriber["email"], reason="deleted by the subscriber")
+    return render_template("deleted.html")
+
+
+# -- unsubscribe ---------------------------------------------------------------
+
+@bp.route("/u/<token>", methods=["GET", "POST"])
+@csrf_exempt  # RFC 8058: the mail client's POST carries no session; the signed token is the authority
+def unsubscribe(token: str) -> Any:
+    one_click = request.method == "POST" and request.form.get("List-Unsubscribe") == "One-Click"
+    if request.method == "POST" and not one_click and not csrf_valid():
+        abort(400, description="This form has expired or did not come from this site. "
+                               "Go back, reload the page and try again.")
+    if token == ARCHIVE_TOKEN or request.method == "GET":
+        subscriber = subscriber_for("unsubscribe", token)
+        return render_template("unsubscribe.html", subscriber=subscriber, token=token,
+                               links=links_for(subscriber["id"]))
+    try:
+        subscriber_id = web_state().tokens.verify("unsubscribe", token)
+    except TokenError as exc:
+        abort(400, description=f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+    store = get_ctx().store
+    subscriber = store.get_subscriber(id=subscriber_id)
+    # Already gone (deleted, bounced, unsubscribed): the answer is the same, nothing changes.
+    if subscriber is not None and subscriber["status"] not in SUPPRESSED:
+        store.set_subscriber_status(subscriber_id, "unsubscribed")
+    if one_click:
+        return Response("Unsubscribed.\n", mimetype="text/plain")
+    links = links_for(subscriber_id) if subscriber is not None else None
+    return render_template("unsubscribed.html", links=links)
+
+
+# -- archive -------------------------------------------------------------------
+
+@bp.get("/archive/<int:issue_id>/<variant>")
+def archive(issue_id: int, variant: str) -> Response:
+    """A sent issue as a web page: the target of "View in browser" (no one's tokens in it)."""
+    ctx = get_ctx()
+    issue = ctx.store.get_issue(issue_id)
+    if issue is None or issue["status"] not in ("sending", "sent"):
+        abort(404, description="There is no sent digest at this address.")
+    topics = topics_for_variant(ctx.store.issue_summaries(issue_id), variant)
+    if topics is None:
+        abort(404, description="There is no sent digest at this address.")
+    rendered = web_state().renders.variant(ctx, issue, topics)
+    if rendered is None or rendered.variant != variant:
+        abort(404, description="There is no sent digest at this address.")
+    html, _ = rendered.personalise(ARCHIVE_VALUES)
+    response = make_response(html)
+    response.headers["Content-Security-Policy"] = EMAIL_CSP
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
