@@ -6,14 +6,13 @@ notices go through the configured messenger but never into the ledger.
 
 from __future__ import annotations
 
-import html as htmllib
 from dataclasses import dataclass
 from typing import Any
 
 from .digest import DigestRunner
 from .ingest_subscribers import normalise_email
-from .messengers import Envelope, Messenger, messenger_from_config
-from .render import GREETING_HTML, GREETING_TEXT, PLACEHOLDERS, PREFS_TOKEN, UNSUB_TOKEN, Rendered, greeting
+from .messengers import Envelope, Messenger, Notice, messenger_from_config, send_notice
+from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, greeting
 
 TRANSITIONS = {"approved": ("draft",), "cancelled": ("draft", "approved")}
 
@@ -72,14 +71,11 @@ def notify_editors(ctx: Any, issues: list[dict[str, Any]], messenger: Messenger 
              f"{site}/editor/issues/{i['id']}" for i in issues]
     text = ("New digest drafts wait for approval:\n\n" + "\n".join(lines)
             + "\n\nApprove them on the site or with `newsletter issues approve ID`.\n")
-    items = "".join(f"<li>{htmllib.escape(line)}</li>" for line in lines)
-    html = (f"<!doctype html><html lang=\"en\"><body><p>New digest drafts wait for approval:</p><ul>{items}</ul>"
-            "<p>Approve them on the site or with <code>newsletter issues approve ID</code>.</p></body></html>")
-    rendered = Rendered(issue_id=0, segment="editors", cadence="notice", variant="notice",
-                        subject=f"{len(issues)} digest draft(s) to approve", preheader="", html=html, text=text,
-                        summary_ids=[], full_cards=0)
-    values = {key: "" for key in PLACEHOLDERS} | {UNSUB_TOKEN: "editors", PREFS_TOKEN: "editors"}
-    return _one_off(messenger or messenger_from_config(ctx.config), rendered, address, values, site)
+    notice = Notice(to=address, subject=f"{len(issues)} digest draft(s) to approve", text=text, category="editors")
+    outcome = send_notice(ctx.config, notice, messenger)
+    if outcome.status != "sent":
+        raise LifecycleError(f"{address}: editors' notice {outcome.status}: {outcome.error}")
+    return outcome.provider_id
 
 
 @dataclass

@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, localtime
 from urllib.parse import urlsplit
 
-from .messengers.base import Envelope, Sender
+from .messengers.base import Envelope, Notice, Sender
 from .render import Rendered
 
 POLICY = email.policy.SMTP.clone(linesep="\n")
@@ -94,3 +94,19 @@ def message_bytes(rendered: Rendered, envelope: Envelope, sender: Sender) -> byt
 def build_message(rendered: Rendered, envelope: Envelope, sender: Sender) -> EmailMessage:
     """The same message, parsed: for callers that want headers and parts as objects."""
     return email.message_from_bytes(message_bytes(rendered, envelope, sender), policy=email.policy.default)
+
+
+def notice_bytes(notice: Notice, sender: Sender) -> bytes:
+    """A plain-text one-off message; rare, so built with the standard library's EmailMessage."""
+    domain = sender.email.rpartition("@")[2] or "localhost"
+    msg = EmailMessage()
+    msg["Subject"] = notice.subject
+    msg["From"] = formataddr((sender.name, sender.email)) if sender.name else sender.email
+    msg["To"] = notice.to
+    if sender.reply_to:
+        msg["Reply-To"] = sender.reply_to
+    msg["Date"] = format_datetime(localtime())
+    msg["Message-ID"] = f"<{notice.category}.{secrets.token_hex(8)}@{domain}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(notice.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    return msg.as_bytes(policy=POLICY)

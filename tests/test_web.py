@@ -33,7 +33,8 @@ from newsletter.messengers import messenger_from_config
 from newsletter.settings import ConfigError, load_config
 from newsletter.tokens import Tokens
 from newsletter.web import create_app
-from newsletter.web.mailer import sendgrid_payload
+from newsletter.messengers import Notice, sender_from_config
+from newsletter.messengers.sendgrid import notice_payload
 from newsletter.web.security import Throttle
 from tests.conftest import SAMPLE_NOW, load_samples
 from tests.fixtures_servers import free_port, wait_for_port
@@ -665,8 +666,8 @@ def test_confirmation_through_sendgrid_without_a_key_is_a_503(make_site, make_ap
 
 
 def test_sendgrid_confirmation_payload_keeps_the_link_untracked(drafts):
-    from newsletter.web.mailer import build_message
-    payload = sendgrid_payload(drafts.config, build_message(drafts.config, "r@example.org", "Confirm", "link\n"))
+    payload = notice_payload(Notice("r@example.org", "Confirm", "link\n", "confirmation"),
+                             sender_from_config(drafts.config))
     assert payload["tracking_settings"]["click_tracking"] == {"enable": False, "enable_text": False}
     assert payload["personalizations"] == [{"to": [{"email": "r@example.org"}]}]
     assert payload["content"] == [{"type": "text/plain", "value": "link\n"}]

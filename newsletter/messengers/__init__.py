@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Envelope, FatalSendError, Messenger, Outcome, Sender
+from .base import Envelope, FatalSendError, Messenger, Notice, Outcome, Sender
 
 
 def sender_from_config(config: Any) -> Sender:
@@ -30,5 +30,14 @@ def messenger_from_config(config: Any) -> Messenger:
     raise ValueError(f"backend: unknown {config.backend!r}")
 
 
-__all__ = ["Envelope", "FatalSendError", "Messenger", "Outcome", "Sender", "messenger_from_config",
-           "sender_from_config"]
+def send_notice(config: Any, notice: Notice, messenger: Messenger | None = None) -> Outcome:
+    """Send one notice through the configured backend and close it."""
+    messenger = messenger or messenger_from_config(config)
+    try:
+        return messenger.send_notice(notice)
+    finally:
+        messenger.close()
+
+
+__all__ = ["Envelope", "FatalSendError", "Messenger", "Notice", "Outcome", "Sender", "messenger_from_config",
+           "send_notice", "sender_from_config"]

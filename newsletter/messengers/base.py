@@ -42,6 +42,19 @@ class Sender:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Notice:
+    """A one-off message outside any issue (sign-up confirmation, editors' notice).
+
+    Plain text, no List-Unsubscribe (the reader is not on a list for it), no
+    tracking, and never a delivery in the ledger.
+    """
+    to: str
+    subject: str
+    text: str
+    category: str = "notice"
+
+
 class FatalSendError(Exception):
     """Stop the whole run (bad credentials, forbidden): nothing of the batch was accepted.
 
@@ -57,5 +70,7 @@ class Messenger(Protocol):
     batch_size: int
 
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
+
+    def send_notice(self, notice: Notice) -> Outcome: ...
 
     def close(self) -> None: ...

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Sequence
 
 from ..render import Rendered
-from .base import Envelope, Outcome
+from .base import Envelope, Notice, Outcome
 
 
 class CountingMessenger:
@@ -17,12 +17,17 @@ class CountingMessenger:
         self.recipients = 0
         self.requests = 0
         self.per_variant: Counter = Counter()
+        self.notices: list[Notice] = []
 
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
         self.requests += 1
         self.recipients += len(envelopes)
         self.per_variant[(rendered.issue_id, rendered.variant)] += len(envelopes)
         return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id=f"count-{self.requests}")]
+
+    def send_notice(self, notice: Notice) -> Outcome:
+        self.notices.append(notice)
+        return Outcome("sent", [], provider_id=f"notice-{len(self.notices)}")
 
     def close(self) -> None:
         pass

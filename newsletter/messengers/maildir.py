@@ -7,9 +7,9 @@ import mailbox
 from pathlib import Path
 from typing import Sequence
 
-from ..mime import message_bytes
+from ..mime import message_bytes, notice_bytes
 from ..render import Rendered
-from .base import Envelope, Outcome, Sender
+from .base import Envelope, FatalSendError, Notice, Outcome, Sender
 
 
 class MaildirMessenger:
@@ -19,7 +19,10 @@ class MaildirMessenger:
     def __init__(self, outbox: str | Path, sender: Sender):
         self.outbox = Path(outbox)
         self.sender = sender
-        self.box = mailbox.Maildir(str(self.outbox), create=True)
+        try:
+            self.box = mailbox.Maildir(str(self.outbox), create=True)
+        except OSError as exc:
+            raise FatalSendError(f"maildir: cannot open the outbox {self.outbox}: {exc.strerror or exc}") from None
 
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
         outcomes = []
@@ -36,6 +39,12 @@ class MaildirMessenger:
             else:
                 outcomes.append(Outcome("sent", [env.delivery_id], provider_id=key))
         return outcomes
+
+    def send_notice(self, notice: Notice) -> Outcome:
+        try:
+            return Outcome("sent", [], provider_id=self.box.add(notice_bytes(notice, self.sender)))
+        except (OSError, ValueError, email.errors.MessageError) as exc:
+            return Outcome("failed", [], error=f"maildir: {exc}")
 
     def close(self) -> None:
         self.box.close()

@@ -19,7 +19,7 @@ from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 
 from ..render import PLACEHOLDERS, Rendered
-from .base import Envelope, FatalSendError, Outcome, Sender
+from .base import Envelope, FatalSendError, Notice, Outcome, Sender
 
 MAX_PERSONALIZATIONS = 1000
 MAX_BACKOFF = 60.0
@@ -61,6 +61,25 @@ def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sen
         payload["reply_to"] = {"email": sender.reply_to}
     if asm_group_id:
         payload["asm"] = {"group_id": asm_group_id}
+    if sandbox:
+        payload["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    return payload
+
+
+def notice_payload(notice: Notice, sender: Sender, *, sandbox: bool = False) -> dict[str, Any]:
+    """A one-off plain-text message; tracking off so its signed link reaches the reader unchanged."""
+    sender_obj = {"email": sender.email} | ({"name": sender.name} if sender.name else {})
+    payload: dict[str, Any] = {
+        "personalizations": [{"to": [{"email": notice.to}]}],
+        "from": sender_obj,
+        "subject": notice.subject,
+        "content": [{"type": "text/plain", "value": notice.text}],
+        "categories": [notice.category],
+        "tracking_settings": {"click_tracking": {"enable": False, "enable_text": False},
+                              "open_tracking": {"enable": False}},
+    }
+    if sender.reply_to:
+        payload["reply_to"] = {"email": sender.reply_to}
     if sandbox:
         payload["mail_settings"] = {"sandbox_mode": {"enable": True}}
     return payload
@@ -183,6 +202,9 @@ class SendGridMessenger:
             except ValueError:
                 pass
         return min(MAX_BACKOFF, self.backoff_base * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+
+    def send_notice(self, notice: Notice) -> Outcome:
+        return self.post(notice_payload(notice, self.sender, sandbox=self.sandbox), [])
 
     def close(self) -> None:
         pass

@@ -17,9 +17,9 @@ import ssl
 import time
 from typing import Callable, Sequence
 
-from ..mime import message_bytes
+from ..mime import message_bytes, notice_bytes
 from ..render import Rendered
-from .base import Envelope, FatalSendError, Outcome, Sender
+from .base import Envelope, FatalSendError, Notice, Outcome, Sender
 
 RETRY_ATTEMPTS = 3
 CRLF = b"\r\n"
@@ -127,13 +127,23 @@ class SmtpMessenger:
                 break
         return outcomes
 
+    def send_notice(self, notice: Notice) -> Outcome:
+        try:
+            data = wire_bytes(notice_bytes(notice, self.sender))
+        except (ValueError, email.errors.MessageError) as exc:
+            return Outcome("failed", [], error=f"smtp: cannot build the message: {exc}")
+        return self._transmit(data, notice.to, [])[0]
+
     def _send_one(self, rendered: Rendered, env: Envelope) -> tuple[Outcome, bool]:
-        ids = [env.delivery_id]
-        utf8 = not (env.email.isascii() and self.sender.email.isascii())
         try:
             data = wire_bytes(message_bytes(rendered, env, self.sender))
         except (ValueError, email.errors.MessageError) as exc:  # UnicodeError is a ValueError
-            return Outcome("failed", ids, error=f"smtp: cannot build the message: {exc}"), False
+            return Outcome("failed", [env.delivery_id], error=f"smtp: cannot build the message: {exc}"), False
+        return self._transmit(data, env.email, [env.delivery_id])
+
+    def _transmit(self, data: bytes, recipient: str, ids: list[int]) -> tuple[Outcome, bool]:
+        """MAIL, RCPT, DATA step by step: (outcome, whether the server was unreachable)."""
+        utf8 = not (recipient.isascii() and self.sender.email.isascii())
         last_error, unreachable = "", False
         for attempt in range(RETRY_ATTEMPTS):
             if attempt:
@@ -159,7 +169,7 @@ class SmtpMessenger:
                 if code != 250:
                     self._rset(conn)
                     return Outcome("failed", ids, error=f"smtp MAIL FROM: {code} {_text(resp)}"), False
-                code, resp = conn.rcpt(env.email)
+                code, resp = conn.rcpt(recipient)
                 if code == 421:
                     raise _Dropped(f"RCPT TO: {code} {_text(resp)}")
                 if code not in (250, 251):

@@ -144,32 +144,28 @@ def issue_text(issue_id: int) -> Response:
     return Response(rendered.personalise(PREVIEW_VALUES)[1], mimetype="text/plain")
 
 
+def _transition(issue_id: int, status: str, verb: str, done: str) -> Any:
+    load_issue(issue_id)
+    try:
+        lifecycle.transition(get_ctx(), issue_id, status)
+    except lifecycle.LifecycleError as exc:
+        flash(f"Not {verb}: {exc}.", "error")
+    else:
+        log.info("issue %s %s by %s", issue_id, verb, current_editor())
+        flash(f"Issue {issue_id} is {verb}: {done}.")
+    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+
+
 @bp.post("/issues/<int:issue_id>/approve")
 @login_required
 def approve(issue_id: int) -> Any:
-    load_issue(issue_id)
-    try:
-        lifecycle.transition(get_ctx(), issue_id, "approved")
-    except lifecycle.LifecycleError as exc:
-        flash(f"Not approved: {exc}.", "error")
-    else:
-        log.info("issue %s approved by %s", issue_id, current_editor())
-        flash(f"Issue {issue_id} is approved: the next digest run sends it.")
-    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+    return _transition(issue_id, "approved", "approved", "the next digest run sends it")
 
 
 @bp.post("/issues/<int:issue_id>/cancel")
 @login_required
 def cancel(issue_id: int) -> Any:
-    load_issue(issue_id)
-    try:
-        lifecycle.transition(get_ctx(), issue_id, "cancelled")
-    except lifecycle.LifecycleError as exc:
-        flash(f"Not cancelled: {exc}.", "error")
-    else:
-        log.info("issue %s cancelled by %s", issue_id, current_editor())
-        flash(f"Issue {issue_id} is cancelled: it will not be sent.")
-    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+    return _transition(issue_id, "cancelled", "cancelled", "it will not be sent")
 
 
 @bp.post("/issues/<int:issue_id>/test")

@@ -152,7 +152,7 @@ def send_confirmation(subscriber: dict[str, Any]) -> None:
                                         preferences_url=None, postal_address=config.postal_address)
         subject = f"Confirm your subscription to {config.site_name}"
     try:
-        mailer.deliver(config, mailer.build_message(config, subscriber["email"], subject, text))
+        mailer.deliver(config, subscriber["email"], subject, text)
     except mailer.MailError as exc:
         log.error("confirmation email not sent: %s", exc)
         abort(503, description="We could not send the confirmation email just now. Please try again later.")
