@@ -160,6 +160,7 @@ class Result:
     ledger_write_s: float
     requests: int
     json_encode_s: float | None
+    messenger_s: float
     setup_s: float
     sink_recipients: int | None = None  # what the loopback HTTP sink counted
 
@@ -217,6 +218,7 @@ def run_case(n: int, messenger_name: str, workdir: Path) -> Result:
         ledger_write_s=round(ctx.store.write_seconds - ledger_before, 3),
         requests=getattr(messenger, "requests", 0),
         json_encode_s=round(messenger.encode_seconds, 3) if messenger_name == "json" else None,
+        messenger_s=round(report.messenger_seconds, 3),
         setup_s=round(setup_s, 2), sink_recipients=sink_recipients)
 
 

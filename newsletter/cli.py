@@ -24,6 +24,7 @@ from .progress import progress_callbacks
 from .render import RenderError
 from .segments import CADENCES, SegmentError
 from .settings import SETTINGS, ConfigError
+from .store import SUBSCRIBER_STATUSES
 from .tokens import TokenError
 
 EXPECTED_ERRORS = (ConfigError, IngestError, SubscriberError, SegmentError, RenderError, FatalSendError,
@@ -164,14 +165,14 @@ def summaries_import(ctx: Context, sources: tuple[str, ...]) -> None:
 
 
 @summaries.command("list")
-@click.option("--since", help="Only summaries published on or after this date (YYYY-MM-DD).")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only summaries published on or after this date (YYYY-MM-DD).")
 @click.option("--topic", help="Only summaries with this topic (e.g. NMOSD).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_ctx
 @handle_errors
-def summaries_list(ctx: Context, since: str | None, topic: str | None, as_json: bool) -> None:
+def summaries_list(ctx: Context, since: datetime | None, topic: str | None, as_json: bool) -> None:
     """List summaries, newest first (latest revision of each)."""
-    rows = ctx.store.summaries(since=since, topic=topic)
+    rows = ctx.store.summaries(since=since.date().isoformat() if since else None, topic=topic)
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -222,8 +223,11 @@ def subscribers_import(ctx: Context, csv_file: Path, strict: bool) -> None:
     imported. An address that unsubscribed is never made active again by an
     import. Topics are separated by semicolons.
     """
-    with csv_file.open(encoding="utf-8-sig", newline="") as fh:
-        result = read_csv(fh, ctx.segments, where=str(csv_file))
+    try:
+        with csv_file.open(encoding="utf-8-sig", newline="") as fh:
+            result = read_csv(fh, ctx.segments, where=str(csv_file))
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{csv_file}: encoding: not UTF-8 text (save the CSV as UTF-8)") from None
     for line, reason in result.bad:
         click.echo(f"{csv_file}: line {line}: {reason}", err=True)
     if strict and result.bad:
@@ -244,7 +248,7 @@ def subscribers_export(ctx: Context, segment: str | None) -> None:
 
 @subscribers.command("list")
 @click.option("--segment", help="Only this segment.")
-@click.option("--status", help="Only this status (pending, active, unsubscribed, bounced, complained).")
+@click.option("--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only this status.")
 @pass_ctx
 @handle_errors
 def subscribers_list(ctx: Context, segment: str | None, status: str | None) -> None:
@@ -280,19 +284,24 @@ def digest() -> None:
 @click.option("--cadence", type=click.Choice(CADENCES), default="weekly", show_default=True,
               help="Which digest to build for the current period.")
 @click.option("--now", "now_text", metavar="ISO-DATETIME", help="Pretend it is this moment (tests, backfills).")
-@click.option("--segment", help="Only this segment.")
+@click.option("--segment", help="Only build this segment's issue (sending covers every approved issue).")
 @click.option("--send-only", is_flag=True, help="Build nothing; send issues already approved.")
 @click.option("--no-send", is_flag=True, help="Build issues but send nothing.")
 @click.option("--retry-unknown", is_flag=True,
               help="Send again deliveries whose outcome is unknown (may mail some people twice).")
+@click.option("--retry-failed", is_flag=True, help="Send again deliveries the provider refused or that gave up.")
+@click.option("--lock-wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="How long to queue behind another run (default: 3600 when building, 0 with --send-only).")
 @pass_ctx
 @handle_errors
 def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | None, send_only: bool,
-               no_send: bool, retry_unknown: bool) -> None:
+               no_send: bool, retry_unknown: bool, retry_failed: bool, lock_wait: float | None) -> None:
     """Build this period's issue per segment and send approved issues.
 
     Safe to run twice: a period's issue is built once, and no delivery is
-    sent twice. Exits non-zero when anything failed or is unknown.
+    sent twice. A build queues behind a run already holding the lock; a
+    --send-only run finding the lock taken leaves the work to its holder.
+    Exits non-zero when anything failed or is unknown.
 
     \b
     Example (cron, Monday 07:00):
@@ -305,10 +314,12 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
                               on_issue=on_issue, on_progress=on_progress,
                               on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts))
         try:
-            report = runner.run(None if send_only else cadence, now, send=not no_send,
-                                retry_unknown=retry_unknown, segment=segment)
+            report = runner.run(None if send_only else cadence, now, send=not no_send, retry_unknown=retry_unknown,
+                                retry_failed=retry_failed, segment=segment, lock_wait=lock_wait)
         except LockBusy as exc:
-            # Cron fired twice: the other run does the work; this one is not a failure.
+            if not send_only:
+                raise
+            # The holder sends whatever this run would have sent: not a failure.
             click.echo(str(exc), err=True)
             return
     print_report(report)
@@ -387,14 +398,16 @@ def issues_add_update(ctx: Context, issue_id: int, slug: str) -> None:
 @issues.command("send")
 @click.argument("issue_id", type=int)
 @click.option("--retry-unknown", is_flag=True, help="Send again deliveries whose outcome is unknown.")
+@click.option("--retry-failed", is_flag=True, help="Send again deliveries the provider refused or that gave up.")
 @pass_ctx
 @handle_errors
-def issues_send(ctx: Context, issue_id: int, retry_unknown: bool) -> None:
+def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: bool) -> None:
     """Send (or resume) one approved issue now."""
     issue = ctx.store.get_issue(issue_id)
     if issue is None:
         raise click.ClickException(f"issue {issue_id}: no such issue")
-    if issue["status"] not in ("approved", "sending") and not (retry_unknown and issue["status"] == "sent"):
+    retrying = retry_unknown or retry_failed
+    if issue["status"] not in ("approved", "sending") and not (retrying and issue["status"] == "sent"):
         raise click.ClickException(f"issue {issue_id}: is {issue['status']}; approve it first")
     report = RunReport()
     with progress_callbacks() as (on_issue, on_progress):
@@ -402,9 +415,9 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool) -> None:
                               messenger_factory=lambda: messenger_from_config(ctx.config),
                               on_issue=on_issue, on_progress=on_progress)
         with run_lock(runner.lock_path):
-            runner.send([issue_id], report, retry_unknown=retry_unknown)
+            runner.send([issue_id], report, retry_unknown=retry_unknown, retry_failed=retry_failed)
     print_report(report)
-    if report.tally.failed or report.tally.unknown:
+    if report.tally.failed or report.tally.unknown or report.tally.interrupted:
         sys.exit(1)
 
 
@@ -447,6 +460,8 @@ def print_report(report: RunReport) -> None:
         click.echo(f"{name}: no new summaries, no issue")
     for reason, count in report.tally.errors.most_common(10):
         click.echo(f"  {count} x {reason}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(report.tally.line())
 
 
@@ -523,11 +538,12 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], json_out: Path | 
             with console.status(f"{n:,} subscribers, {name}..."):
                 results.append(bench_mod.run_isolated(n, name))
     table = Table("subscribers", "messenger", "recipients", "wall s", "cpu s", "peak RSS MB", "recipients/s",
-                  "MJML", "premailer", "render s", "ledger s", "requests", "JSON encode s")
+                  "MJML", "premailer", "render s", "ledger s", "messenger s", "requests", "JSON encode s")
     for r in results:
         table.add_row(f"{r.subscribers:,}", r.messenger, f"{r.recipients:,}", f"{r.wall_s:.2f}", f"{r.cpu_s:.2f}",
                       f"{r.peak_rss_mb:.0f}", f"{r.recipients_per_s:,}", str(r.mjml_compiles),
-                      str(r.premailer_compiles), f"{r.render_s:.2f}", f"{r.ledger_write_s:.2f}", str(r.requests),
+                      str(r.premailer_compiles), f"{r.render_s:.2f}", f"{r.ledger_write_s:.2f}",
+                      f"{r.messenger_s:.2f}", str(r.requests),
                       "" if r.json_encode_s is None else f"{r.json_encode_s:.2f}")
     console.print(table)
     if json_out:

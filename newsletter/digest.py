@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -85,15 +86,25 @@ def select_summaries(store: Store, segment: str, cadence: str, today: date, max_
 
 
 @contextlib.contextmanager
-def run_lock(path: Path) -> Iterator[None]:
-    """One digest run at a time; the kernel releases the lock when its holder dies."""
+def run_lock(path: Path, wait: float = 0.0) -> Iterator[None]:
+    """One digest run at a time; the kernel releases the lock when its holder dies.
+
+    With `wait`, queue behind the holder for up to that many seconds (a build
+    must not be lost to a send-only run that happened to start first).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockBusy(f"{path}: another digest run holds the lock; this one did nothing") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockBusy(f"{path}: another digest run holds the lock"
+                                   + (f" (waited {wait:.0f} s)" if wait else "") + "; this one did nothing") from None
+                time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -108,7 +119,8 @@ class RunReport:
     empty: list[str] = field(default_factory=list)
     sent_issues: dict[int, Tally] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
-    renders: list[Rendered] = field(default_factory=list)
+    messenger_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 class DigestRunner:
@@ -180,13 +192,16 @@ class DigestRunner:
 
         return variant_for
 
-    def send(self, issue_ids: list[int] | None, report: RunReport, retry_unknown: bool = False) -> None:
+    def send(self, issue_ids: list[int] | None, report: RunReport, retry_unknown: bool = False,
+             retry_failed: bool = False) -> None:
         self.config.require_sendable()
         if issue_ids is None:
             issues = self.store.query("SELECT * FROM issues WHERE status IN ('approved', 'sending') ORDER BY id")
-            if retry_unknown:
-                issues += self.store.query("""SELECT * FROM issues WHERE status = 'sent' AND id IN
-                                              (SELECT issue_id FROM deliveries WHERE status = 'unknown') ORDER BY id""")
+            retry = [s for s, wanted in (("unknown", retry_unknown), ("failed", retry_failed)) if wanted]
+            if retry:
+                issues += self.store.query(f"""SELECT * FROM issues WHERE status = 'sent' AND id IN
+                    (SELECT issue_id FROM deliveries WHERE status IN ({', '.join('?' * len(retry))})) ORDER BY id""",
+                                           retry)
         else:
             issues = [self.store.get_issue(i) for i in issue_ids]
         if not issues:
@@ -198,25 +213,35 @@ class DigestRunner:
                                     rate_limit=self.config.rate_limit, on_progress=self.on_progress,
                                     on_start=self.on_issue)
             for issue in issues:
-                resendable = retry_unknown and issue["status"] == "sent"
+                resendable = (retry_unknown or retry_failed) and issue["status"] == "sent"
                 if issue["status"] not in ("approved", "sending") and not resendable:
                     continue
-                tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown)
+                tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,
+                                              retry_failed=retry_failed)
                 report.sent_issues[issue["id"]] = tally
                 report.tally.add(tally)
         finally:
+            report.messenger_seconds += dispatcher.send_seconds
             messenger.close()
 
     def run(self, cadence: str | None, now: datetime, *, send: bool = True, retry_unknown: bool = False,
-            segment: str | None = None) -> RunReport:
+            retry_failed: bool = False, segment: str | None = None, lock_wait: float | None = None) -> RunReport:
+        """Build (when a cadence is given) and send. A build waits for the lock (an hour by default);
+        a send-only run does not wait, since the holder sends what it would have sent."""
         report = RunReport()
-        with run_lock(self.lock_path):
+        if segment is not None and segment not in self.segments:
+            raise LookupError(f"segment: unknown {segment!r} (segments: {', '.join(self.segments)})")
+        wait = (3600.0 if cadence else 0.0) if lock_wait is None else lock_wait
+        with run_lock(self.lock_path, wait=wait):
             if cadence:
                 self.build(cadence, now, report, only=segment)
-                drafts = [i for i in report.created if i["status"] == "draft"]
-                if drafts and self.on_drafts:
-                    self.on_drafts(drafts)
             if send:
-                self.send(None, report, retry_unknown=retry_unknown)
+                self.send(None, report, retry_unknown=retry_unknown, retry_failed=retry_failed)
+            drafts = [i for i in report.created if i["status"] == "draft"]
+            if drafts and self.on_drafts:
+                try:  # after sending: a failed notice must not hold back approved issues
+                    self.on_drafts(drafts)
+                except Exception as exc:  # noqa: BLE001 - reported, never fatal
+                    report.warnings.append(f"editors' notice not sent: {exc}")
         return report
 

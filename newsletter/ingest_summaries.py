@@ -200,7 +200,7 @@ def read_source(source: str) -> list[dict[str, Any]]:
         except urllib.error.HTTPError as exc:
             exc.close()
             raise IngestError(f"{source}: url: could not fetch: HTTP {exc.code} {exc.reason}") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a malformed URL
             raise IngestError(f"{source}: url: could not fetch: {exc}") from None
     path = Path(source)
     if path.is_dir():

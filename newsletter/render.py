@@ -320,7 +320,7 @@ class Renderer:
             self.stats.counts["size_retry"] += 1
             full = max(0, min(full - 1, int(full * self.max_html_bytes / size) - 1))
         started = time.perf_counter()
-        text = self.env.get_template("digest.txt").render({**context, "cards": cards[:full], "more": cards[full:]})
+        text = self._template("digest.txt", {**context, "cards": cards[:full], "more": cards[full:]})
         self.stats.seconds["text"] += time.perf_counter() - started
         started = time.perf_counter()
         self._check_footer(html, text, context, cards)
@@ -359,9 +359,18 @@ class Renderer:
                 if context[name] not in links:
                     raise RenderError(f"{part} part: no {name.replace('_url', '')} link")
 
+    def _template(self, name: str, context: Mapping[str, Any]) -> str:
+        """A site's broken template override is a one-line error naming it, not a traceback."""
+        try:
+            return self.env.get_template(name).render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(f"{exc.filename or name}: line {exc.lineno}: {exc.message}") from None
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"{name}: {exc}") from None
+
     def _compile_html(self, context: Mapping[str, Any]) -> str:
         started = time.perf_counter()
-        source = self.env.get_template("base.mjml").render(context)
+        source = self._template("base.mjml", context)
         self.stats.seconds["jinja"] += time.perf_counter() - started
         started = time.perf_counter()
         try:

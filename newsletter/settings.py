@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class ConfigError(Exception):
@@ -92,6 +93,11 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
         value = setting.kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {setting.name}: expected {setting.kind.__name__}, got {value!r}") from None
+    if setting.name == "timezone":
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{where}: timezone: not an IANA time zone (e.g. Europe/Paris): {value!r}") from None
     if setting.choices and value not in setting.choices:
         raise ConfigError(f"{where}: {setting.name}: must be one of {', '.join(setting.choices)}, got {value!r}")
     return value
@@ -126,6 +132,10 @@ class Config:
         if self.env.get(SECRETS["secret"]):
             return self.env[SECRETS["secret"]]
         if self.secret_file.exists():
+            mode = self.secret_file.stat().st_mode
+            if mode & 0o077:
+                raise ConfigError(f"{self.secret_file}: readable by others (mode {mode & 0o777:o}); "
+                                  f"run chmod 600 on it or set NEWSLETTER_SECRET")
             return self.secret_file.read_text().strip() or None
         return None
 

@@ -134,6 +134,43 @@ def m002_suppressions_and_delivery_events(db: Database) -> None:
     db.execute("ALTER TABLE deliveries ADD COLUMN clicked_at TEXT")
 
 
+@migrations()
+def m003_ledger_without_status_index(db: Database) -> None:
+    # Every delivery changes status twice; an index on status doubled the cost of
+    # each change. Deliveries of an issue are contiguous by id, and the
+    # (issue_id, subscriber_id) index already finds an issue's rows.
+    db.execute("DROP INDEX IF EXISTS deliveries_status")
+
+
+@migrations()
+def m004_subscriber_ids_never_reused(db: Database) -> None:
+    # Link tokens name a subscriber by id: after a deletion SQLite would hand the
+    # highest id to the next sign-up, and the old links would act on them.
+    db.execute("ALTER TABLE subscribers RENAME TO subscribers_old")
+    db.execute("DROP INDEX IF EXISTS subscribers_audience")
+    db.execute("""
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            email TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT '',
+            segment TEXT NOT NULL,
+            cadence TEXT NOT NULL DEFAULT 'weekly',
+            topics TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL DEFAULT 'pending',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            unsubscribed_at TEXT
+        )""")
+    db.execute("INSERT INTO subscribers SELECT * FROM subscribers_old")
+    db.execute("DROP TABLE subscribers_old")
+    db.execute("CREATE INDEX subscribers_audience ON subscribers (segment, cadence, status)")
+    # Ids already handed out to people since deleted are known from the ledger.
+    db.execute("""INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('subscribers',
+                  (SELECT MAX(m) FROM (SELECT MAX(id) AS m FROM subscribers
+                                       UNION ALL SELECT MAX(ABS(subscriber_id)) FROM deliveries)))""")
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -485,10 +522,12 @@ class Store:
             conn.execute("UPDATE issues SET status = 'sending' WHERE id = ?", (issue_id,))
             return cur.rowcount
 
-    def resolve_interrupted(self, issue_id: int, retry_unknown: bool = False) -> dict[str, int]:
+    def resolve_interrupted(self, issue_id: int, retry_unknown: bool = False,
+                            retry_failed: bool = False) -> dict[str, int]:
         """Deliveries left in `sending` by a dead run may have gone out: mark them unknown.
 
-        With retry_unknown (the operator's explicit choice) unknown rows go back to pending.
+        With retry_unknown (the operator's explicit choice) unknown rows go back to
+        pending; with retry_failed, failed ones (a provider refused them: safe to retry).
         """
         now = now_iso()
         with self.transaction() as conn:
@@ -496,22 +535,27 @@ class Store:
                                           error = 'interrupted while sending: may or may not have been delivered'
                                           WHERE issue_id = ? AND status = 'sending'""", (now, issue_id)).rowcount
             retried = 0
-            if retry_unknown:
-                retried = conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?, error = NULL
-                                          WHERE issue_id = ? AND status = 'unknown'""", (now, issue_id)).rowcount
-                if retried:
-                    conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
+            for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)):
+                if wanted:
+                    retried += conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?, error = NULL
+                                               WHERE issue_id = ? AND status = ?""", (now, issue_id, status)).rowcount
+            if retried:
+                conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
 
     def pending_batches(self, issue_id: int, size: int) -> Iterator[list[dict[str, Any]]]:
-        """Stream pending deliveries with their subscriber, by keyset pages: never all in memory."""
+        """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
+
+        The unary `+` keeps SQLite on the rowid range (an issue's rows are
+        contiguous by id) instead of re-reading the issue's whole index per page.
+        """
         after = 0
         while True:
             rows = self.conn.execute("""
                 SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status,
                        s.segment, s.cadence
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
-                WHERE d.issue_id = ? AND d.status = 'pending' AND d.id > ?
+                WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
                 ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
             if not rows:
                 return
@@ -535,6 +579,23 @@ class Store:
             params.append(expect)
         with self.transaction() as conn:
             return conn.execute(sql, params).rowcount
+
+    def claim_for_sending(self, ids: Sequence[int], batch_id: str) -> set[int]:
+        """pending -> sending for rows whose subscriber is still active, checked at the last moment;
+        the others (unsubscribed, bounced, deleted while buffered) become skipped. Returns the claimed ids."""
+        now = now_iso()
+        id_list = json.dumps(list(ids))
+        with self.transaction() as conn:
+            claimed = {row[0] for row in conn.execute(
+                """UPDATE deliveries SET status = 'sending', batch_id = ?, updated_at = ?
+                   WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
+                   AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'active') RETURNING id""",
+                (batch_id, now, id_list))}
+            if len(claimed) < len(ids):
+                conn.execute("""UPDATE deliveries SET status = 'skipped', updated_at = ?,
+                                error = 'subscriber no longer active' WHERE id IN (SELECT value FROM json_each(?))
+                                AND status = 'pending'""", (now, id_list))
+        return claimed
 
     def finish_issue_if_done(self, issue_id: int) -> bool:
         """An issue is sent once nothing of it is pending or sending."""

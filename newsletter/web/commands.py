@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..context import Context
+from ..segments import SegmentError
 from ..settings import ConfigError
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -58,7 +59,7 @@ def serve(ctx: Context, host: str, port: int, threads: int, trusted_proxy: str |
     config = _config(ctx)
     try:
         app = create_app(config)
-    except ConfigError as exc:
+    except (ConfigError, SegmentError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"serving {config.site_name} on http://{host}:{port} (public address {config.site_url})")
     proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,

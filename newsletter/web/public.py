@@ -201,8 +201,12 @@ def pause(token: str) -> Any:
 @bp.post("/p/<token>/resume")
 def resume(token: str) -> Any:
     subscriber = subscriber_for("preferences", token)
-    if subscriber["status"] != "active":
+    if subscriber["status"] == "unsubscribed":  # paused; a bounce or spam report is not undone here
         get_ctx().store.set_subscriber_status(subscriber["id"], "active")
+    elif subscriber["status"] != "active":
+        flash("This address cannot receive the digest (it bounced or reported spam); subscribe again from the "
+              "sign-up page.", "error")
+        return redirect(url_for("public.preferences", token=token), code=303)
     flash("The digest is on again.")
     return redirect(url_for("public.preferences", token=token), code=303)
 
