@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -84,13 +85,16 @@ class JsonFloorMessenger:
 
 # -- loopback sinks, run in their own process so they do not share our core ----
 
+TO_RE = re.compile(rb'"to":\s*\[')
+
+
 class _SinkHandler(BaseHTTPRequestHandler):
     counts = {"requests": 0, "recipients": 0}
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.counts["requests"] += 1
-        self.counts["recipients"] += body.count(b'"to": [')
+        self.counts["recipients"] += len(TO_RE.findall(body))
         self.send_response(202)
         self.send_header("X-Message-Id", f"sink-{self.counts['requests']}")
         self.send_header("Content-Length", "0")

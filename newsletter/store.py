@@ -589,7 +589,8 @@ class Store:
             claimed = {row[0] for row in conn.execute(
                 """UPDATE deliveries SET status = 'sending', batch_id = ?, updated_at = ?
                    WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
-                   AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'active') RETURNING id""",
+                   AND (SELECT status FROM subscribers s WHERE s.id = deliveries.subscriber_id) = 'active'
+                   RETURNING id""",
                 (batch_id, now, id_list))}
             if len(claimed) < len(ids):
                 conn.execute("""UPDATE deliveries SET status = 'skipped', updated_at = ?,

@@ -9,6 +9,7 @@ it passes; a body that breaks the contract gets 400 with the reasons in the
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from python_http_client.exceptions import HTTPError
@@ -33,15 +34,16 @@ def prism_site(make_site, prism, monkeypatch):
 
 
 def recorded_payloads(monkeypatch) -> list[dict]:
+    """Every request body the messenger encodes, decoded again."""
     payloads: list[dict] = []
-    real = sendgrid_module.build_payload
+    real = sendgrid_module.encode_payload
 
     def recording(*args, **kwargs):
-        payload = real(*args, **kwargs)
-        payloads.append(copy.deepcopy(payload))
-        return payload
+        body = real(*args, **kwargs)
+        payloads.append(json.loads(body))
+        return body
 
-    monkeypatch.setattr(sendgrid_module, "build_payload", recording)
+    monkeypatch.setattr(sendgrid_module, "encode_payload", recording)
     return payloads
 
 
@@ -168,3 +170,26 @@ def test_cli_without_api_key_says_so_and_plans_nothing(make_site, prism, runner)
     assert result.exit_code == 1
     assert "SENDGRID_API_KEY is not set" in result.output
     assert ctx.store.delivery_counts() == {}
+
+
+def test_the_fast_encoder_writes_exactly_the_reference_payload():
+    """encode_payload (the hot path) and build_payload (the reference) are the same JSON."""
+    import json as _json
+
+    from newsletter.messengers.base import Envelope, Sender
+    from newsletter.messengers.sendgrid import build_payload, encode_payload
+    from newsletter.render import PLACEHOLDERS, Rendered
+
+    rendered = Rendered(issue_id=7, segment="clinicians", cadence="weekly", variant="ms+pml",
+                        subject='Résumé "quoted" \\ subject', preheader="p", html="<p>é -nl-hgreet-</p>",
+                        text="t -nl-tgreet-", summary_ids=[1], full_cards=1)
+    names = ["", 'O"Brien \\ Jr', "José Martínez", "line\nbreak", "\u2028odd"]
+    envelopes = [Envelope(delivery_id=i + 1, subscriber_id=100 + i, email=f"r{i}@example.org", name=name,
+                          values={k: f"{k}{i}" + ('"' if i % 2 else "é") for k in PLACEHOLDERS},
+                          unsubscribe_url=f"https://digest.example.org/u/{i}.tok",
+                          preferences_url=f"https://digest.example.org/p/{i}.tok")
+                 for i, name in enumerate(names)]
+    sender = Sender("digest@example.org", "MS Digest", reply_to="help@example.org")
+    for options in ({}, {"asm_group_id": 42, "sandbox": True}):
+        assert _json.loads(encode_payload(rendered, envelopes, sender, **options)) == \
+            build_payload(rendered, envelopes, sender, **options)
