@@ -148,10 +148,9 @@ class DigestRunner:
         for name in self.segments:
             if only and name != only:
                 continue
-            existing = self.store.query("SELECT * FROM issues WHERE segment = ? AND cadence = ? AND period = ?",
-                                        (name, cadence, period.key))
+            existing = self.store.find_issue(name, cadence, period.key)
             if existing:
-                report.existing.append(existing[0])
+                report.existing.append(existing)
                 continue
             chosen = select_summaries(self.store, name, cadence, today, self.config.max_age_days,
                                       self.config.max_summaries * 3)
@@ -196,12 +195,8 @@ class DigestRunner:
              retry_failed: bool = False) -> None:
         self.config.require_sendable()
         if issue_ids is None:
-            issues = self.store.query("SELECT * FROM issues WHERE status IN ('approved', 'sending') ORDER BY id")
-            retry = [s for s, wanted in (("unknown", retry_unknown), ("failed", retry_failed)) if wanted]
-            if retry:
-                issues += self.store.query(f"""SELECT * FROM issues WHERE status = 'sent' AND id IN
-                    (SELECT issue_id FROM deliveries WHERE status IN ({', '.join('?' * len(retry))})) ORDER BY id""",
-                                           retry)
+            issues = self.store.issues_to_send(
+                [status for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)) if wanted])
         else:
             issues = [self.store.get_issue(i) for i in issue_ids]
         if not issues:

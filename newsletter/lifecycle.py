@@ -89,8 +89,5 @@ class Status:
 
 def status(ctx: Any) -> Status:
     store = ctx.store
-    attention = store.query("""SELECT d.issue_id, d.status, COUNT(*) AS n, MAX(d.error) AS example
-                               FROM deliveries d WHERE d.status IN ('unknown', 'failed')
-                               GROUP BY d.issue_id, d.status ORDER BY d.issue_id""")
-    return Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(), attention,
-                  store.issues(status="draft"))
+    return Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
+                  store.deliveries_needing_attention(), store.issues(status="draft"))

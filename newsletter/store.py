@@ -493,6 +493,37 @@ class Store:
                          (issue_id, row["id"], position))
             return decode_summary(dict(row))
 
+    def find_issue(self, segment: str, cadence: str, period: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM issues WHERE segment = ? AND cadence = ? AND period = ?",
+                          (segment, cadence, period))
+        return rows[0] if rows else None
+
+    def issues_to_send(self, retry: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Approved and interrupted issues, plus sent ones holding deliveries in a `retry` status."""
+        rows = self.query("SELECT * FROM issues WHERE status IN ('approved', 'sending') ORDER BY id")
+        if retry:
+            rows += self.query(f"""SELECT * FROM issues WHERE status = 'sent' AND id IN
+                                   (SELECT issue_id FROM deliveries WHERE status IN ({', '.join('?' * len(retry))}))
+                                   ORDER BY id""", list(retry))
+        return rows
+
+    def deliveries_needing_attention(self) -> list[dict[str, Any]]:
+        return self.query("""SELECT issue_id, status, COUNT(*) AS n, MAX(error) AS example FROM deliveries
+                             WHERE status IN ('unknown', 'failed') GROUP BY issue_id, status ORDER BY issue_id""")
+
+    def subscriber_history(self, subscriber_id: int, email: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What a subscriber's data download holds besides their row: deliveries and provider events."""
+        deliveries = self.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
+                                          d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
+                                   FROM deliveries d JOIN issues i ON i.id = d.issue_id
+                                   WHERE d.subscriber_id = ? ORDER BY d.id""", (subscriber_id,))
+        events = self.query("""SELECT provider, type, occurred_at, received_at, payload FROM events
+                               WHERE subscriber_id = ? OR email = ? ORDER BY id""", (subscriber_id, email))
+        return deliveries, events
+
+    def has_event(self, provider: str, event_id: str) -> bool:
+        return bool(self.query("SELECT 1 FROM events WHERE provider = ? AND event_id = ?", (provider, event_id)))
+
     def latest_issues(self) -> list[dict[str, Any]]:
         """The newest issue of each segment and cadence."""
         return self.query("""SELECT i.* FROM issues i

@@ -215,13 +215,7 @@ def resume(token: str) -> Any:
 def download(token: str) -> Response:
     subscriber = subscriber_for("preferences", token)
     store = get_ctx().store
-    deliveries = store.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
-                                       d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
-                                FROM deliveries d JOIN issues i ON i.id = d.issue_id
-                                WHERE d.subscriber_id = ? ORDER BY d.id""", (subscriber["id"],))
-    events = store.query("""SELECT provider, type, occurred_at, received_at, payload FROM events
-                            WHERE subscriber_id = ? OR email = ? ORDER BY id""",
-                         (subscriber["id"], subscriber["email"]))
+    deliveries, events = store.subscriber_history(subscriber["id"], subscriber["email"])
     for event in events:
         event["payload"] = json.loads(event["payload"])
     data = {"exported_at": now_iso(), "site": web_state().config.site_name,

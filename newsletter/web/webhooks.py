@@ -128,7 +128,7 @@ def sendgrid() -> Any:
         if not isinstance(event_id, str) or not event_id or not isinstance(kind, str):
             counts["ignored"] += 1
             continue
-        if store.query("SELECT 1 FROM events WHERE provider = ? AND event_id = ?", (PROVIDER, event_id)):
+        if store.has_event(PROVIDER, event_id):
             counts["replayed"] += 1
             continue
         when = _when(event)
