@@ -163,26 +163,27 @@ class DigestRunner:
                      "summaries": len(chosen), "status": status}
             (report.created if created else report.existing).append(entry)
 
-    def variant_renderer(self, issue: dict[str, Any], test: bool = False) -> Callable[[list[str]], Rendered | None]:
-        """Renders lazily, once per distinct set of summaries a topic choice yields."""
+    def variant_renderer(self, issue: dict[str, Any], test: bool = False) -> Callable[..., Rendered | None]:
+        """Renders lazily, once per distinct set of summaries a topic choice (less what a reader
+        already received in another digest) yields."""
         summaries = self.store.issue_summaries(issue["id"])
         segment = self.segments[issue["segment"]]
         period_label = Period.from_key(issue["period"]).label
-        by_topics: dict[str, Rendered | None] = {}
+        by_topics: dict[tuple[str, frozenset[str]], Rendered | None] = {}
         by_content: dict[tuple[int, ...], Rendered] = {}
 
-        def variant_for(topics: list[str]) -> Rendered | None:
-            key = topic_key(topics)
+        def variant_for(topics: list[str], exclude: frozenset[str] = frozenset()) -> Rendered | None:
+            key = (topic_key(topics), exclude)
             if key not in by_topics:
-                chosen = matching(summaries, topics)
+                chosen = [s for s in matching(summaries, topics) if s["slug"] not in exclude]
                 ids = tuple(s["id"] for s in chosen)
                 if not chosen:
-                    log.info("issue %s: no summaries for topics %s: those subscribers get no email", issue["id"], key)
+                    log.info("issue %s: nothing left for topics %s: those subscribers get no email", issue["id"], key[0])
                     by_topics[key] = None
                 elif ids in by_content:
                     by_topics[key] = by_content[ids]
                 else:
-                    variant = "all" if len(chosen) == len(summaries) else key
+                    variant = "all" if len(chosen) == len(summaries) else key[0]
                     rendered = self.renderer.render(issue_id=issue["id"], segment=segment, cadence=issue["cadence"],
                                                     period_label=period_label, summaries=chosen, variant=variant,
                                                     topics=[] if variant == "all" else topics, test=test)

@@ -22,8 +22,8 @@ from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rend
 from .store import Store
 from .tokens import Tokens
 
-#: Given a subscriber's topic list, the rendered variant they get (None: nothing matches).
-VariantFor = Callable[[list[str]], "Rendered | None"]
+#: Given a subscriber's topics (and slugs they already received elsewhere), their variant (None: nothing left).
+VariantFor = Callable[..., "Rendered | None"]
 
 
 @dataclass
@@ -93,6 +93,7 @@ class Dispatcher:
         self.on_start(issue_id, self.store.delivery_counts(issue_id).get("pending", 0))
         buffers: dict[int, tuple[Rendered, list[Envelope]]] = {}
         variants: dict[str, Rendered | None] = {}  # raw topics JSON -> variant: no JSON decode per row
+        received = self.store.already_received(issue_id)  # only readers who changed audience: few
         size = self.messenger.batch_size
         for rows in self.store.pending_batches(issue_id, size):
             skipped_inactive, skipped_topics = [], []
@@ -101,9 +102,12 @@ class Dispatcher:
                     skipped_inactive.append(row["delivery_id"])
                     continue
                 raw_topics = row["topics"] or "[]"
-                if raw_topics not in variants:
-                    variants[raw_topics] = variant_for(json.loads(raw_topics))
-                rendered = variants[raw_topics]
+                if row["subscriber_id"] in received:
+                    rendered = variant_for(json.loads(raw_topics), received[row["subscriber_id"]])
+                else:
+                    if raw_topics not in variants:
+                        variants[raw_topics] = variant_for(json.loads(raw_topics))
+                    rendered = variants[raw_topics]
                 if rendered is None:
                     skipped_topics.append(row["delivery_id"])
                     continue
@@ -112,8 +116,8 @@ class Dispatcher:
                 if len(buffers[key][1]) >= size:
                     self._flush(*buffers.pop(key), tally)
             self.store.mark_deliveries(skipped_inactive, "skipped", error="subscriber no longer active", expect="pending")
-            self.store.mark_deliveries(skipped_topics, "skipped", error="no summaries match the chosen topics",
-                                       expect="pending")
+            self.store.mark_deliveries(skipped_topics, "skipped", expect="pending",
+                                       error="no summaries left: none match the topics, or all came in another digest")
             tally.skipped += len(skipped_inactive) + len(skipped_topics)
             self.on_progress(len(skipped_inactive) + len(skipped_topics))
         for rendered, envelopes in buffers.values():

@@ -29,6 +29,10 @@ DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped
 
 migrations = Migrations("newsletter")
 
+#: SET clause (params: new segment, new cadence, now) stamping a change of audience; SET reads old values.
+AUDIENCE_CHANGED = ("audience_changed_at = CASE WHEN segment != ? OR cadence != ? THEN ? "
+                    "ELSE audience_changed_at END")
+
 
 @migrations()
 def m001_initial(db: Database) -> None:
@@ -169,6 +173,15 @@ def m004_subscriber_ids_never_reused(db: Database) -> None:
     db.execute("""INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('subscribers',
                   (SELECT MAX(m) FROM (SELECT MAX(id) AS m FROM subscribers
                                        UNION ALL SELECT MAX(ABS(subscriber_id)) FROM deliveries)))""")
+
+
+@migrations()
+def m005_remember_audience_changes(db: Database) -> None:
+    # A reader who changes segment or cadence must not get again what an issue of
+    # their old audience already brought them; only those readers are checked.
+    db.execute("ALTER TABLE subscribers ADD COLUMN audience_changed_at TEXT")
+    db.execute("CREATE INDEX subscribers_audience_changed ON subscribers (id) WHERE audience_changed_at IS NOT NULL")
+    db.execute("CREATE INDEX deliveries_subscriber ON deliveries (subscriber_id)")
 
 
 def now_iso() -> str:
@@ -348,13 +361,14 @@ class Store:
                                   now if status in SUPPRESSED else None))
                     counts["added"] += 1
                 else:
-                    conn.execute("""UPDATE subscribers SET name = ?, segment = ?, cadence = ?, topics = ?,
-                                    status = ?, updated_at = ?,
+                    conn.execute(f"""UPDATE subscribers SET {AUDIENCE_CHANGED}, name = ?, segment = ?, cadence = ?,
+                                    topics = ?, status = ?, updated_at = ?,
                                     confirmed_at = COALESCE(confirmed_at, CASE WHEN ? = 'active' THEN ? END),
                                     unsubscribed_at = CASE WHEN ? IN ('unsubscribed','bounced','complained')
                                                       THEN COALESCE(unsubscribed_at, ?) END
                                     WHERE id = ?""",
-                                 (rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly", topics,
+                                 (rec["segment"], rec.get("cadence") or "weekly", now,
+                                  rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly", topics,
                                   status, now, status, now, status, now, existing["id"]))
                     counts["updated"] += 1
         return counts
@@ -397,9 +411,11 @@ class Store:
                     conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(row["email"]),))
 
     def update_preferences(self, subscriber_id: int, segment: str, cadence: str, topics: list[str]) -> None:
+        now = now_iso()
         with self.transaction() as conn:
-            conn.execute("UPDATE subscribers SET segment = ?, cadence = ?, topics = ?, updated_at = ? WHERE id = ?",
-                         (segment, cadence, json.dumps(topics), now_iso(), subscriber_id))
+            conn.execute(f"""UPDATE subscribers SET {AUDIENCE_CHANGED}, segment = ?, cadence = ?, topics = ?,
+                             updated_at = ? WHERE id = ?""",
+                         (segment, cadence, now, segment, cadence, json.dumps(topics), now, subscriber_id))
 
     def remove_subscriber(self, email: str, reason: str = "removed") -> bool:
         """Delete the person's data (events anonymised), keeping only a hash so no import re-adds them."""
@@ -520,6 +536,19 @@ class Store:
         events = self.query("""SELECT provider, type, occurred_at, received_at, payload FROM events
                                WHERE subscriber_id = ? OR email = ? ORDER BY id""", (subscriber_id, email))
         return deliveries, events
+
+    def already_received(self, issue_id: int) -> dict[int, frozenset[str]]:
+        """For readers of this issue who changed segment or cadence: the slugs other issues brought them."""
+        found: dict[int, set[str]] = {}
+        for row in self.conn.execute("""
+                SELECT sub.id, s.slug FROM subscribers sub
+                JOIN deliveries d ON d.issue_id = ? AND d.subscriber_id = sub.id AND d.status = 'pending'
+                JOIN deliveries d2 ON d2.subscriber_id = sub.id AND d2.issue_id != d.issue_id
+                                  AND d2.status IN ('sent', 'sending', 'unknown')
+                JOIN issue_summaries x ON x.issue_id = d2.issue_id JOIN summaries s ON s.id = x.summary_id
+                WHERE sub.audience_changed_at IS NOT NULL""", (issue_id,)):
+            found.setdefault(row[0], set()).add(row[1])
+        return {sid: frozenset(slugs) for sid, slugs in found.items()}
 
     def has_event(self, provider: str, event_id: str) -> bool:
         return bool(self.query("SELECT 1 FROM events WHERE provider = ? AND event_id = ?", (provider, event_id)))

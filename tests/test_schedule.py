@@ -247,3 +247,33 @@ def test_status_reports_latest_issues_and_what_needs_attention(scheduled, runner
     assert "patients    weekly   issue" in out
     assert f"Needs attention: issue {issue_id}: 1 unknown" in out
     assert "Subscribers: active 6" in out
+
+
+def test_a_reader_who_changes_segment_does_not_get_the_same_summaries_again(scheduled, runner, tmp_path):
+    """At most once across all their digests, even when the audience they belong to changes."""
+    config = str(scheduled.config.source)
+    # Week of 12 October: only the patients' issue is built and sent.
+    cron(runner, scheduled, datetime(2026, 10, 12, 7, 0), "--cadence", "weekly", "--segment", "patients")
+    mover = scheduled.store.get_subscriber("all-weekly@example.org")
+    first = {s["slug"] for i in scheduled.store.issues() for s in scheduled.store.issue_summaries(i["id"])}
+    assert first and scheduled.store.deliveries(status="sent")
+    scheduled.store.update_preferences(mover["id"], "caregivers", "weekly", [])
+    fresh = {"title": "A fresh study", "slug": "fresh", "published": "2026-10-13", "findings": "New.",
+             "limitations": "Small.", "source_url": "https://doi.org/10.5555/fresh", "topics": ["MS"]}
+    (tmp_path / "fresh.json").write_text(json.dumps(fresh))
+    runner.invoke(cli, ["--config", config, "summaries", "import", str(tmp_path / "fresh.json")], catch_exceptions=False)
+    # Later the same week the caregivers' issue goes out: it carries those summaries, and the fresh one.
+    cron(runner, scheduled, datetime(2026, 10, 13, 7, 0), "--cadence", "weekly", "--segment", "caregivers")
+    carers = scheduled.store.find_issue("caregivers", "weekly", "2026-W42")["id"]
+    carried = {s["slug"] for s in scheduled.store.issue_summaries(carers)}
+    assert first <= carried and "fresh" in carried
+    [msg] = [m for m in outbox_messages(scheduled)
+             if m["To"].addresses[0].addr_spec == mover["email"] and m["X-Newsletter-Issue"] == str(carers)]
+    lines = set(msg.get_body(("plain",)).get_content().splitlines())
+    titles = {s["slug"]: s["title"] for s in summaries_over_weeks()}
+    assert "A fresh study" in lines
+    assert not any(titles[slug] in lines for slug in first)
+    # A caregiver who never moved gets the whole issue, old summaries included.
+    stayer = scheduled.store.get_subscriber("doc@example.org")
+    scheduled.store.update_preferences(stayer["id"], "clinicians", "weekly", [])  # unchanged: not a move
+    assert scheduled.store.get_subscriber("doc@example.org")["audience_changed_at"] is None
