@@ -2,7 +2,8 @@
 
 The order of writes is the safety argument:
 1. plan: a pending row per (issue, subscriber), once (unique);
-2. before a batch goes out its rows become `sending` with a batch id, committed;
+2. before a batch goes out its rows become `sending` with a batch id, committed,
+   but only for subscribers still active at that moment (the others: skipped);
 3. the messenger's answer turns them `sent`, `failed` or `unknown`.
 A run that dies between 2 and 3 leaves rows in `sending`; the next run marks
 them `unknown` and does not send them again unless the operator asks.

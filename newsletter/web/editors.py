@@ -144,28 +144,28 @@ def issue_text(issue_id: int) -> Response:
     return Response(rendered.personalise(PREVIEW_VALUES)[1], mimetype="text/plain")
 
 
-def _transition(issue_id: int, status: str, verb: str, done: str) -> Any:
+def _transition(issue_id: int, status: str, done: str) -> Any:
     load_issue(issue_id)
     try:
         lifecycle.transition(get_ctx(), issue_id, status)
     except lifecycle.LifecycleError as exc:
-        flash(f"Not {verb}: {exc}.", "error")
+        flash(f"Not {status}: {exc}.", "error")
     else:
-        log.info("issue %s %s by %s", issue_id, verb, current_editor())
-        flash(f"Issue {issue_id} is {verb}: {done}.")
+        log.info("issue %s %s by %s", issue_id, status, current_editor())
+        flash(f"Issue {issue_id} is {status}: {done}.")
     return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
 
 
 @bp.post("/issues/<int:issue_id>/approve")
 @login_required
 def approve(issue_id: int) -> Any:
-    return _transition(issue_id, "approved", "approved", "the next digest run sends it")
+    return _transition(issue_id, "approved", "the next digest run sends it")
 
 
 @bp.post("/issues/<int:issue_id>/cancel")
 @login_required
 def cancel(issue_id: int) -> Any:
-    return _transition(issue_id, "cancelled", "cancelled", "it will not be sent")
+    return _transition(issue_id, "cancelled", "it will not be sent")
 
 
 @bp.post("/issues/<int:issue_id>/test")
