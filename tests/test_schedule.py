@@ -277,3 +277,20 @@ def test_a_reader_who_changes_segment_does_not_get_the_same_summaries_again(sche
     stayer = scheduled.store.get_subscriber("doc@example.org")
     scheduled.store.update_preferences(stayer["id"], "clinicians", "weekly", [])  # unchanged: not a move
     assert scheduled.store.get_subscriber("doc@example.org")["audience_changed_at"] is None
+
+
+def test_periods_are_counted_in_the_configured_time_zone(make_site, runner, tmp_path):
+    # Sunday 20:00 UTC is already Monday morning in Auckland: a new week there, not in UTC.
+    moment = datetime(2026, 11, 22, 20, 0, tzinfo=timezone.utc)
+    assert period_for(moment, "weekly", "UTC").key == "2026-W47"
+    assert period_for(moment, "weekly", "Pacific/Auckland").key == "2026-W48"
+    assert period_for(datetime(2026, 11, 30, 13, 0, tzinfo=timezone.utc), "monthly", "Pacific/Auckland").key == "2026-12"
+    ctx = make_site("nz", timezone="Pacific/Auckland")
+    feed = tmp_path / "nz.json"
+    feed.write_text(json.dumps(summaries_over_weeks()[-3:]))
+    config = str(ctx.config.source)
+    runner.invoke(cli, ["--config", config, "summaries", "import", str(feed)], catch_exceptions=False)
+    runner.invoke(cli, ["--config", config, "subscribers", "add", "kiwi@example.org", "--segment", "patients",
+                        "--confirmed"], catch_exceptions=False)
+    cron(runner, ctx, datetime(2026, 11, 22, 20, 0), "--cadence", "weekly")
+    assert {i["period"] for i in ctx.store.issues()} == {"2026-W48"}
