@@ -60,7 +60,8 @@ def recent_summaries(count: int = 10) -> list[dict[str, Any]]:
 
 
 class JsonFloorMessenger:
-    """Builds and JSON-encodes exactly the SendGrid request bodies, and sends nothing: the floor."""
+    """Builds the SendGrid request bodies as the reference dicts (build_payload) and times json.dumps
+    of them alone: the floor. Sends nothing."""
     name = "json"
     batch_size = 1000
 
@@ -68,15 +69,13 @@ class JsonFloorMessenger:
         self.sender = sender
         self.encode_seconds = 0.0
         self.requests = 0
-        self.bytes = 0
 
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
         payload = build_payload(rendered, envelopes, self.sender)
         started = time.perf_counter()
-        body = json.dumps(payload)
+        json.dumps(payload)
         self.encode_seconds += time.perf_counter() - started
         self.requests += 1
-        self.bytes += len(body)
         return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id="json")]
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from importlib import resources
 from pathlib import Path
@@ -13,7 +13,6 @@ from .context import Context
 from .digest import DigestRunner, RunReport
 from .ingest_subscribers import read_csv
 from .ingest_summaries import read_sources
-from .messengers import messenger_from_config
 from .preview import render_issue, write_preview
 from .settings import SECRETS, load_config, render_config_file, write_secret_file
 
@@ -29,7 +28,6 @@ class InitResult:
     wrote_config: bool
     wrote_secret: bool
     database: Path
-    notes: list[str] = field(default_factory=list)
 
 
 def init(directory: Path, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> InitResult:
@@ -59,7 +57,6 @@ def sample_subscribers_csv() -> Path:
 
 @dataclass
 class DemoResult:
-    init: InitResult
     summaries: Any
     subscribers: dict[str, int]
     now: datetime
@@ -82,13 +79,12 @@ def demo(directory: Path, env: dict[str, str] | None = None) -> DemoResult:
         # The samples are dated; run the digest as of the morning after the newest one.
         newest = max(r["published"] for r in records)
         now = datetime.combine(datetime.fromisoformat(newest).date() + timedelta(days=1), time(7, 0))
-        runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
-                              messenger_factory=lambda: messenger_from_config(ctx.config))
+        runner = DigestRunner(ctx.config, ctx.store, ctx.segments)
         report = runner.run("weekly", now)
         issues = report.created + report.existing
         renders = {i["segment"]: render_issue(ctx, i["id"]) for i in issues}
         preview = write_preview(directory / "preview", renders) if renders else None
         per_segment = {i["segment"]: ctx.store.delivery_counts(i["id"]).get("sent", 0) for i in issues}
-        return DemoResult(result, counts, sub_counts, now, report, Path(ctx.config.outbox), preview, per_segment)
+        return DemoResult(counts, sub_counts, now, report, Path(ctx.config.outbox), preview, per_segment)
     finally:
         ctx.close()

@@ -16,15 +16,15 @@ import click
 from . import bootstrap, lifecycle
 from .context import Context
 from .digest import DigestRunner, LockBusy, RunReport, period_for, run_lock
-from .ingest_subscribers import SubscriberError, clean_subscriber, read_csv, write_csv
+from .ingest_subscribers import SubscriberError, clean_subscriber, normalise_email, read_csv, write_csv
 from .ingest_summaries import IngestError, read_sources
-from .messengers import FatalSendError, messenger_from_config
+from .messengers import FatalSendError
 from .preview import render_issue, render_upcoming, write_preview
 from .progress import progress_callbacks
 from .render import RenderError
 from .segments import CADENCES, SegmentError
 from .settings import SETTINGS, ConfigError
-from .store import SUBSCRIBER_STATUSES
+from .store import ISSUE_STATUSES, SUBSCRIBER_STATUSES
 from .tokens import TokenError
 
 EXPECTED_ERRORS = (ConfigError, IngestError, SubscriberError, SegmentError, RenderError, FatalSendError,
@@ -266,7 +266,6 @@ def subscribers_list(ctx: Context, segment: str | None, status: str | None) -> N
 @handle_errors
 def subscribers_remove(ctx: Context, email: str) -> None:
     """Delete a subscriber's data; the address stays suppressed so no import re-adds it."""
-    from .ingest_subscribers import normalise_email
     address = normalise_email(email)
     if not ctx.store.remove_subscriber(address):
         raise click.ClickException(f"{address}: no such subscriber")
@@ -310,7 +309,6 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
     now = parse_now(now_text)
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
-                              messenger_factory=lambda: messenger_from_config(ctx.config),
                               on_issue=on_issue, on_progress=on_progress,
                               on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts))
         try:
@@ -323,7 +321,7 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
             click.echo(str(exc), err=True)
             return
     print_report(report)
-    if report.tally.failed or report.tally.unknown or report.tally.interrupted:
+    if report.tally.needs_attention:
         sys.exit(1)
 
 
@@ -333,7 +331,7 @@ def issues() -> None:
 
 
 @issues.command("list")
-@click.option("--status", type=click.Choice(["draft", "approved", "sending", "sent", "cancelled"]),
+@click.option("--status", type=click.Choice(ISSUE_STATUSES),
               help="Only issues in this state.")
 @pass_ctx
 @handle_errors
@@ -412,12 +410,11 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: 
     report = RunReport()
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
-                              messenger_factory=lambda: messenger_from_config(ctx.config),
                               on_issue=on_issue, on_progress=on_progress)
         with run_lock(runner.lock_path):
             runner.send([issue_id], report, retry_unknown=retry_unknown, retry_failed=retry_failed)
     print_report(report)
-    if report.tally.failed or report.tally.unknown or report.tally.interrupted:
+    if report.tally.needs_attention:
         sys.exit(1)
 
 

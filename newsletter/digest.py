@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
 
 from .dispatch import Dispatcher, Tally
-from .messengers import Messenger
+from .messengers import Messenger, messenger_from_config
 from .render import Rendered, Renderer
 from .segments import Segment
 from .store import Store
@@ -117,7 +117,6 @@ class RunReport:
     created: list[dict[str, Any]] = field(default_factory=list)
     existing: list[dict[str, Any]] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
-    sent_issues: dict[int, Tally] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     messenger_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -131,7 +130,7 @@ class DigestRunner:
                  on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None):
         self.config, self.store, self.segments = config, store, segments
         self.renderer = renderer or Renderer.from_config(config)
-        self.messenger_factory = messenger_factory
+        self.messenger_factory = messenger_factory or (lambda: messenger_from_config(config))
         self.tokens = tokens
         self.on_progress = on_progress
         self.on_issue = on_issue
@@ -204,17 +203,16 @@ class DigestRunner:
             return
         tokens = self.tokens or Tokens(self.config.require_secret())
         messenger = self.messenger_factory()
+        dispatcher = Dispatcher(self.store, messenger, tokens, self.config.site_url,
+                                rate_limit=self.config.rate_limit, on_progress=self.on_progress,
+                                on_start=self.on_issue)
         try:
-            dispatcher = Dispatcher(self.store, messenger, tokens, self.config.site_url,
-                                    rate_limit=self.config.rate_limit, on_progress=self.on_progress,
-                                    on_start=self.on_issue)
             for issue in issues:
                 resendable = (retry_unknown or retry_failed) and issue["status"] == "sent"
                 if issue["status"] not in ("approved", "sending") and not resendable:
                     continue
                 tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,
                                               retry_failed=retry_failed)
-                report.sent_issues[issue["id"]] = tally
                 report.tally.add(tally)
         finally:
             report.messenger_seconds += dispatcher.send_seconds

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .messengers.base import Envelope, FatalSendError, Messenger
-from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, greeting
+from .render import Rendered, recipient_values
 from .store import Store
 from .tokens import Tokens
 
@@ -40,6 +40,11 @@ class Tally:
         for name in ("sent", "failed", "unknown", "skipped", "interrupted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
+
+    @property
+    def needs_attention(self) -> bool:
+        """Anything failed or of unknown outcome: the run exits non-zero."""
+        return bool(self.failed or self.unknown or self.interrupted)
 
     def line(self) -> str:
         return (f"sent {self.sent}, failed {self.failed}, unknown {self.unknown}, skipped {self.skipped}"
@@ -79,11 +84,9 @@ class Dispatcher:
         """Per-recipient work: two signatures and a greeting, nothing heavier."""
         sid = row["subscriber_id"]
         utok = self.tokens.sign("unsubscribe", sid)
-        ptok = self.tokens.sign("preferences", sid)
-        ghtml, gtext = greeting(row["name"] or "")
         return Envelope(delivery_id=row["delivery_id"], subscriber_id=sid, email=row["email"], name=row["name"] or "",
-                        values={UNSUB_TOKEN: utok, PREFS_TOKEN: ptok, GREETING_HTML: ghtml, GREETING_TEXT: gtext},
-                        unsubscribe_url=f"{self.site_url}/u/{utok}", preferences_url=f"{self.site_url}/p/{ptok}")
+                        values=recipient_values(utok, self.tokens.sign("preferences", sid), row["name"] or ""),
+                        unsubscribe_url=f"{self.site_url}/u/{utok}")
 
     def send_issue(self, issue_id: int, variant_for: VariantFor, *, retry_unknown: bool = False,
                    retry_failed: bool = False) -> Tally:

@@ -12,7 +12,7 @@ from typing import Any
 from .digest import DigestRunner
 from .ingest_subscribers import normalise_email
 from .messengers import Envelope, Messenger, Notice, messenger_from_config, send_notice
-from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, greeting
+from .render import recipient_values
 
 TRANSITIONS = {"approved": ("draft",), "cancelled": ("draft", "approved")}
 
@@ -21,7 +21,7 @@ class LifecycleError(LookupError):
     pass
 
 
-def _issue(ctx: Any, issue_id: int) -> dict[str, Any]:
+def get_issue(ctx: Any, issue_id: int) -> dict[str, Any]:
     issue = ctx.store.get_issue(issue_id)
     if issue is None:
         raise LifecycleError(f"issue {issue_id}: no such issue")
@@ -30,35 +30,30 @@ def _issue(ctx: Any, issue_id: int) -> dict[str, Any]:
 
 def transition(ctx: Any, issue_id: int, status: str) -> dict[str, Any]:
     """Approve or cancel; a sending or sent issue cannot be cancelled (its mail is out)."""
-    issue = _issue(ctx, issue_id)
+    issue = get_issue(ctx, issue_id)
     allowed = TRANSITIONS[status]
     if not ctx.store.set_issue_status(issue_id, status, expect=allowed):
         raise LifecycleError(f"issue {issue_id}: is {issue['status']}; can only become {status} from "
                              f"{' or '.join(allowed)}")
-    return _issue(ctx, issue_id)
+    return get_issue(ctx, issue_id)
 
 
-def _one_off(messenger: Messenger, rendered: Rendered, address: str, values: dict[str, str], site_url: str) -> str:
-    env = Envelope(delivery_id=0, subscriber_id=0, email=address, name="", values=values,
-                   unsubscribe_url=f"{site_url}/u/{values[UNSUB_TOKEN]}",
-                   preferences_url=f"{site_url}/p/{values[PREFS_TOKEN]}")
+def send_test(ctx: Any, issue_id: int, address: str, messenger: Messenger | None = None) -> str:
+    """Mail one copy, subject marked [TEST], to an editor. Never recorded as a delivery."""
+    issue = get_issue(ctx, issue_id)
+    address = normalise_email(address)
+    rendered = DigestRunner(ctx.config, ctx.store, ctx.segments).variant_renderer(issue, test=True)([])
+    envelope = Envelope(delivery_id=0, subscriber_id=0, email=address, name="",
+                        values=recipient_values("test-send", "test-send", "editor"),
+                        unsubscribe_url=f"{ctx.config.site_url}/u/test-send")
+    messenger = messenger or messenger_from_config(ctx.config)
     try:
-        outcome = messenger.send(rendered, [env])[0]
+        outcome = messenger.send(rendered, [envelope])[0]
     finally:
         messenger.close()
     if outcome.status != "sent":
         raise LifecycleError(f"{address}: {outcome.status}: {outcome.error}")
     return outcome.provider_id or ""
-
-
-def send_test(ctx: Any, issue_id: int, address: str, messenger: Messenger | None = None) -> str:
-    """Mail one copy, subject marked [TEST], to an editor. Never recorded as a delivery."""
-    issue = _issue(ctx, issue_id)
-    address = normalise_email(address)
-    rendered = DigestRunner(ctx.config, ctx.store, ctx.segments).variant_renderer(issue, test=True)([])
-    ghtml, gtext = greeting("editor")
-    values = {UNSUB_TOKEN: "test-send", PREFS_TOKEN: "test-send", GREETING_HTML: ghtml, GREETING_TEXT: gtext}
-    return _one_off(messenger or messenger_from_config(ctx.config), rendered, address, values, ctx.config.site_url)
 
 
 def notify_editors(ctx: Any, issues: list[dict[str, Any]], messenger: Messenger | None = None) -> str | None:

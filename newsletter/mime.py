@@ -41,24 +41,22 @@ class MimeTemplate:
                     ("X-Newsletter-Issue", str(rendered.issue_id)),
                     ("MIME-Version", "1.0")]
         self.head = "".join(POLICY.fold(name, value) for name, value in headers).encode("ascii")
-        self.boundary = "=_nl_" + secrets.token_hex(12)
+        self.boundary = b = "=_nl_" + secrets.token_hex(12)
+        part = 'Content-Type: text/{}; charset="utf-8"\nContent-Transfer-Encoding: quoted-printable\n\n'
+        self.content_type = f'Content-Type: multipart/alternative; boundary="{b}"\n\n'
+        self.text_head = f"--{b}\n{part.format('plain')}".encode()
+        self.html_head = f"\n--{b}\n{part.format('html')}".encode()
+        self.tail = f"\n--{b}--\n".encode()
 
     def message_bytes(self, envelope: Envelope) -> bytes:
         html, text = self.rendered.personalise(envelope.values)
         to = _address(envelope.name, envelope.email)
-        b = self.boundary
         head = (f"To: {to}\n"
                 f"Date: {format_datetime(localtime())}\n"
                 f"Message-ID: <{self.rendered.issue_id}.{envelope.delivery_id}.{secrets.token_hex(6)}@{self.domain}>\n"
                 f"List-Unsubscribe: <{envelope.unsubscribe_url}>\n"
-                f"X-Newsletter-Delivery: {envelope.delivery_id}\n"
-                f'Content-Type: multipart/alternative; boundary="{b}"\n\n').encode("utf-8")
-        part = 'Content-Type: text/{}; charset="utf-8"\nContent-Transfer-Encoding: quoted-printable\n\n'
-        return b"".join((
-            self.head, head,
-            f"--{b}\n{part.format('plain')}".encode(), _qp(text), f"\n--{b}\n{part.format('html')}".encode(),
-            _qp(html), f"\n--{b}--\n".encode(),
-        ))
+                f"X-Newsletter-Delivery: {envelope.delivery_id}\n{self.content_type}").encode("utf-8")
+        return b"".join((self.head, head, self.text_head, _qp(text), self.html_head, _qp(html), self.tail))
 
 
 def _address(name: str, address: str) -> str:
@@ -89,11 +87,6 @@ def template_for(rendered: Rendered, sender: Sender) -> MimeTemplate:
 
 def message_bytes(rendered: Rendered, envelope: Envelope, sender: Sender) -> bytes:
     return template_for(rendered, sender).message_bytes(envelope)
-
-
-def build_message(rendered: Rendered, envelope: Envelope, sender: Sender) -> EmailMessage:
-    """The same message, parsed: for callers that want headers and parts as objects."""
-    return email.message_from_bytes(message_bytes(rendered, envelope, sender), policy=email.policy.default)
 
 
 def notice_bytes(notice: Notice, sender: Sender) -> bytes:

@@ -9,12 +9,11 @@ from typing import Any
 from urllib.parse import quote
 
 from .digest import DigestRunner, local_today, period_for, select_summaries
-from .render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, Renderer, greeting
+from .render import Rendered, Renderer, recipient_values
 
 DESKTOP_WIDTH = 640
 PHONE_WIDTH = 375
-PREVIEW_VALUES = {UNSUB_TOKEN: "preview-token", PREFS_TOKEN: "preview-token",
-                  GREETING_HTML: greeting("Alex")[0], GREETING_TEXT: greeting("Alex")[1]}
+PREVIEW_VALUES = recipient_values("preview-token", "preview-token", "Alex")
 
 
 def render_upcoming(ctx: Any, segment: str, cadence: str, now: datetime) -> Rendered | None:

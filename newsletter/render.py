@@ -388,6 +388,13 @@ class Renderer:
         return inlined
 
 
+def recipient_values(unsubscribe_token: str, preferences_token: str, name: str) -> dict[str, str]:
+    """What fills one copy's placeholders: the two link tokens and the greeting."""
+    ghtml, gtext = greeting(name)
+    return {UNSUB_TOKEN: unsubscribe_token, PREFS_TOKEN: preferences_token, GREETING_HTML: ghtml,
+            GREETING_TEXT: gtext}
+
+
 def greeting(name: str) -> tuple[str, str]:
     """(html, text) greeting for one recipient."""
     name = _defuse(" ".join(name.split()))

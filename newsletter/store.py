@@ -218,7 +218,6 @@ class Store:
         self.conn = conn
         self.db = Database(conn)
         self.write_seconds = 0.0  # time spent in write transactions (the benchmark reports it)
-        self.transactions = 0
         migrations.apply(self.db)
 
     def close(self) -> None:
@@ -236,7 +235,6 @@ class Store:
             raise
         self.conn.execute("COMMIT")
         self.write_seconds += time.perf_counter() - started
-        self.transactions += 1
 
     def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
         return [dict(row) for row in self.conn.execute(sql, params)]
@@ -308,7 +306,7 @@ class Store:
             sql += " AND s.published <= ?"
             params.append(until)
         sql += " ORDER BY s.published DESC, s.id DESC"
-        rows = [decode_summary(r) for r in self.query(sql, params)]
+        rows = [decode_topics(r) for r in self.query(sql, params)]
         if topic:
             rows = [r for r in rows if topic.lower() in (t.lower() for t in r["topics"])]
         return rows
@@ -328,7 +326,7 @@ class Store:
             rows = self.query("SELECT * FROM subscribers WHERE id = ?", (id,))
         else:
             rows = self.query("SELECT * FROM subscribers WHERE email = ?", (email,))
-        return decode_subscriber(rows[0]) if rows else None
+        return decode_topics(rows[0]) if rows else None
 
     def is_suppressed(self, email: str) -> bool:
         return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(email),)))
@@ -442,7 +440,7 @@ class Store:
         if status:
             sql += " AND status = ?"
             params.append(status)
-        return [decode_subscriber(r) for r in self.query(sql + " ORDER BY id", params)]
+        return [decode_topics(r) for r in self.query(sql + " ORDER BY id", params)]
 
     # -- issues ----------------------------------------------------------
 
@@ -476,7 +474,7 @@ class Store:
         rows = self.query("""SELECT s.*, (s.revision > 1) AS is_update FROM issue_summaries x
                              JOIN summaries s ON s.id = x.summary_id
                              WHERE x.issue_id = ? ORDER BY x.position""", (issue_id,))
-        return [decode_summary(r) for r in rows]
+        return [decode_topics(r) for r in rows]
 
     def set_issue_status(self, issue_id: int, status: str, expect: Sequence[str] | None = None) -> bool:
         """Move an issue along its lifecycle; with `expect`, only from those states."""
@@ -507,7 +505,7 @@ class Store:
                                     (issue_id,)).fetchone()[0]
             conn.execute("INSERT OR IGNORE INTO issue_summaries (issue_id, summary_id, position) VALUES (?, ?, ?)",
                          (issue_id, row["id"], position))
-            return decode_summary(dict(row))
+            return decode_topics(dict(row))
 
     def find_issue(self, segment: str, cadence: str, period: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM issues WHERE segment = ? AND cadence = ? AND period = ?",
@@ -612,8 +610,7 @@ class Store:
         after = 0
         while True:
             rows = self.conn.execute("""
-                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status,
-                       s.segment, s.cadence
+                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
                 ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
@@ -622,18 +619,16 @@ class Store:
             after = rows[-1]["delivery_id"]
             yield [dict(r) for r in rows]
 
-    def mark_deliveries(self, ids: Sequence[int], status: str, *, batch_id: str | None = None,
-                        provider_id: str | None = None, error: str | None = None,
-                        expect: str | None = None) -> int:
+    def mark_deliveries(self, ids: Sequence[int], status: str, *, provider_id: str | None = None,
+                        error: str | None = None, expect: str | None = None) -> int:
         """One statement per batch (ids passed as a JSON array): the ledger is written per batch, not per row."""
         if status not in DELIVERY_STATUSES:
             raise ValueError(f"status: unknown delivery status {status!r}")
         if not ids:
             return 0
-        sql = ("UPDATE deliveries SET status = ?, updated_at = ?, batch_id = COALESCE(?, batch_id), "
-               "provider_id = COALESCE(?, provider_id), error = ? "
+        sql = ("UPDATE deliveries SET status = ?, updated_at = ?, provider_id = COALESCE(?, provider_id), error = ? "
                "WHERE id IN (SELECT value FROM json_each(?))")
-        params: list[Any] = [status, now_iso(), batch_id, provider_id, error, json.dumps(list(ids))]
+        params: list[Any] = [status, now_iso(), provider_id, error, json.dumps(list(ids))]
         if expect:
             sql += " AND status = ?"
             params.append(expect)
@@ -710,13 +705,8 @@ class Store:
                          "WHERE issue_id = ? AND subscriber_id = ?", (when, issue_id, subscriber_id))
 
 
-def decode_summary(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
-    row["topics"] = json.loads(row.get("topics") or "[]")
-    return row
-
-
-def decode_subscriber(row: dict[str, Any]) -> dict[str, Any]:
+def decode_topics(row: dict[str, Any]) -> dict[str, Any]:
+    """Summaries and subscribers keep their topics as a JSON list."""
     row = dict(row)
     row["topics"] = json.loads(row.get("topics") or "[]")
     return row

@@ -3,16 +3,14 @@ ids never reused, and one-line errors for bad input."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-from datetime import datetime
 
 import pytest
 
 from newsletter.cli import cli
-from newsletter.digest import DigestRunner, LockBusy, run_lock
+from newsletter.digest import DigestRunner, run_lock
 from newsletter.messengers import messenger_from_config
 from newsletter.messengers.counting import CountingMessenger
 from newsletter.settings import ConfigError, load_config

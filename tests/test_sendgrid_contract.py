@@ -186,8 +186,7 @@ def test_the_fast_encoder_writes_exactly_the_reference_payload():
     names = ["", 'O"Brien \\ Jr', "José Martínez", "line\nbreak", "\u2028odd"]
     envelopes = [Envelope(delivery_id=i + 1, subscriber_id=100 + i, email=f"r{i}@example.org", name=name,
                           values={k: f"{k}{i}" + ('"' if i % 2 else "é") for k in PLACEHOLDERS},
-                          unsubscribe_url=f"https://digest.example.org/u/{i}.tok",
-                          preferences_url=f"https://digest.example.org/p/{i}.tok")
+                          unsubscribe_url=f"https://digest.example.org/u/{i}.tok")
                  for i, name in enumerate(names)]
     sender = Sender("digest@example.org", "MS Digest", reply_to="help@example.org")
     for options in ({}, {"asm_group_id": 42, "sandbox": True}):

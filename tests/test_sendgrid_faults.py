@@ -254,7 +254,7 @@ def test_refused_connection_is_retried_then_failed(loaded):
 
 
 def envelope(i: int, email: str) -> Envelope:
-    return Envelope(i, i, email, "", {p: f"v{i}" for p in PLACEHOLDERS}, f"https://x/u/{i}", f"https://x/p/{i}")
+    return Envelope(i, i, email, "", {p: f"v{i}" for p in PLACEHOLDERS}, f"https://x/u/{i}")
 
 
 def test_requests_never_exceed_1000_or_repeat_an_address(rendered):

@@ -182,8 +182,8 @@ def test_unreachable_server_fails_the_batch_after_bounded_retries(loaded):
     rendered = DigestRunner(loaded.config, loaded.store, loaded.segments).renderer.render(
         issue_id=1, segment=loaded.segments["patients"], cadence="weekly", period_label="Week of 16 November 2026",
         summaries=loaded.store.summaries()[:3])
-    envelopes = [Envelope(i, i, f"r{i}@example.org", "", {p: "x" for p in PLACEHOLDERS}, "https://x/u/x",
-                          "https://x/p/x") for i in range(1, 8)]
+    envelopes = [Envelope(i, i, f"r{i}@example.org", "", {p: "x" for p in PLACEHOLDERS}, "https://x/u/x")
+                 for i in range(1, 8)]
     outcomes = messenger.send(rendered, envelopes)
     assert sorted(i for o in outcomes for i in o.delivery_ids) == list(range(1, 8))
     assert {o.status for o in outcomes} == {"failed"}

@@ -8,7 +8,7 @@ touches the database; the dispatcher records what it reports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from ..render import Rendered
@@ -22,7 +22,6 @@ class Envelope:
     name: str
     values: dict[str, str]  # placeholder -> this recipient's value
     unsubscribe_url: str
-    preferences_url: str
 
 
 @dataclass
@@ -39,7 +38,6 @@ class Sender:
     name: str = ""
     reply_to: str = ""
     site_url: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

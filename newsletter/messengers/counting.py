@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 from ..render import Rendered
@@ -16,13 +15,11 @@ class CountingMessenger:
         self.batch_size = batch_size
         self.recipients = 0
         self.requests = 0
-        self.per_variant: Counter = Counter()
         self.notices: list[Notice] = []
 
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
         self.requests += 1
         self.recipients += len(envelopes)
-        self.per_variant[(rendered.issue_id, rendered.variant)] += len(envelopes)
         return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id=f"count-{self.requests}")]
 
     def send_notice(self, notice: Notice) -> Outcome:

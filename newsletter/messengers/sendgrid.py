@@ -99,8 +99,21 @@ def encode_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Se
         subs = ",".join([f"{key}:{_q(values[raw])}" for key, raw in zip(_QUOTED_KEYS, PLACEHOLDERS)])
         parts.append(_PERSONALIZATION % (to, subs, issue_id, env.subscriber_id, env.delivery_id,
                                          _q(f"<{env.unsubscribe_url}>")))
-    common = json.dumps(_common(rendered, sender, asm_group_id, sandbox))
-    return '{"personalizations":[' + ",".join(parts) + "]," + common[1:]
+    return '{"personalizations":[' + ",".join(parts) + "]," + _common_json(rendered, sender, asm_group_id, sandbox)
+
+
+_common_cache: dict[tuple, tuple[Rendered, str]] = {}
+
+
+def _common_json(rendered: Rendered, sender: Sender, asm_group_id: int, sandbox: bool) -> str:
+    """The shared part (with the whole HTML) encoded once per variant, not once per request."""
+    key = (id(rendered), id(sender), asm_group_id, sandbox)
+    hit = _common_cache.get(key)
+    if hit is None or hit[0] is not rendered:
+        if len(_common_cache) >= 64:
+            _common_cache.clear()
+        hit = _common_cache[key] = (rendered, json.dumps(_common(rendered, sender, asm_group_id, sandbox))[1:])
+    return hit[1]
 
 
 def notice_payload(notice: Notice, sender: Sender, *, sandbox: bool = False) -> dict[str, Any]:

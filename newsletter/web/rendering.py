@@ -12,12 +12,11 @@ from collections import OrderedDict
 from typing import Any
 
 from ..digest import DigestRunner, topic_key
-from ..render import GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, Rendered, greeting
+from ..render import Rendered, recipient_values
 
 #: What the links of the public web copy carry instead of a reader's tokens.
 ARCHIVE_TOKEN = "web-copy"
-ARCHIVE_VALUES = {UNSUB_TOKEN: ARCHIVE_TOKEN, PREFS_TOKEN: ARCHIVE_TOKEN,
-                  GREETING_HTML: greeting("")[0], GREETING_TEXT: greeting("")[1]}
+ARCHIVE_VALUES = recipient_values(ARCHIVE_TOKEN, ARCHIVE_TOKEN, "")
 
 
 class RenderCache:
