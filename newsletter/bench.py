@@ -37,7 +37,8 @@ from .render import Rendered
 from .settings import load_config
 from .tokens import Tokens
 
-MESSENGERS = ("counting", "json", "sendgrid", "smtp")
+MESSENGERS = ("counting", "json", "sendgrid", "smtp", "smtp-pool")
+SMTP_POOL = 4  # connections of the smtp-pool case
 SEGMENTS = ("patients", "caregivers", "clinicians")
 TOPIC_SETS = ([], ["MS"], ["NMOSD", "MOGAD"], ["MS", "PML"], [], ["Autoimmune encephalitis"], [], ["MS"])
 NOW = datetime(2026, 11, 23, 7, 0)
@@ -187,10 +188,13 @@ def run_case(n: int, messenger_name: str, workdir: Path) -> Result:
         from .messengers.sendgrid import SendGridMessenger
         sink, port = _start_sink("sendgrid")
         messenger = SendGridMessenger("SG.bench", sender, host=f"http://127.0.0.1:{port}", timeout=30)
-    elif messenger_name == "smtp":
-        from .messengers.smtp import SmtpMessenger
+    elif messenger_name in ("smtp", "smtp-pool"):
+        from .messengers.smtp import SmtpMessenger, SmtpPool
         sink, port = _start_sink("smtp")
-        messenger = SmtpMessenger("127.0.0.1", port, sender, security="none", batch_size=100)
+        if messenger_name == "smtp":
+            messenger = SmtpMessenger("127.0.0.1", port, sender, security="none", batch_size=100)
+        else:
+            messenger = SmtpPool(SMTP_POOL, "127.0.0.1", port, sender, security="none", batch_size=100)
     else:
         raise ValueError(f"messenger: unknown {messenger_name!r} (use {', '.join(MESSENGERS)})")
     setup_s = time.perf_counter() - started_setup

@@ -500,8 +500,9 @@ def preview(ctx: Context, segment: str | None, issue_id: int | None, cadence: st
 @cli.command()
 @click.option("--subscribers", "sizes", type=int, multiple=True, default=(10_000,), show_default=True,
               help="Number of subscribers (repeat for several sizes, e.g. 10000 100000 1000000).")
-@click.option("--messenger", "messengers", type=click.Choice(["counting", "json", "sendgrid", "smtp"]), multiple=True,
-              help="Messenger to measure (repeat; default: all four, smtp only up to 20,000).")
+@click.option("--messenger", "messengers", type=click.Choice(["counting", "json", "sendgrid", "smtp", "smtp-pool"]),
+              multiple=True, help="Messenger to measure (repeat; default: all, the smtp ones only up to 20,000). "
+                                  "smtp-pool uses 4 connections.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
 def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], json_out: Path | None) -> None:
     """Measure the whole weekly digest at scale in a scratch database.
@@ -530,7 +531,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], json_out: Path | 
     console.print(f"machine: {bench_mod.machine()}")
     for n in sizes:
         for name in chosen:
-            if name == "smtp" and n > bench_mod.SMTP_LIMIT and not messengers:
+            if name.startswith("smtp") and n > bench_mod.SMTP_LIMIT and not messengers:
                 continue
             with console.status(f"{n:,} subscribers, {name}..."):
                 results.append(bench_mod.run_isolated(n, name))

@@ -56,6 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp_security", "starttls", "SMTP transport security.", choices=("starttls", "ssl", "none")),
     Setting("smtp_username", "", "SMTP login name; the password comes from NEWSLETTER_SMTP_PASSWORD."),
     Setting("smtp_batch_size", 20, "Messages recorded per ledger step over SMTP (smaller = fewer unknown after a crash).", int),
+    Setting("smtp_connections", 1, "SMTP connections used at once (more help when the relay is far away).", int),
     Setting("smtp_timeout", 30.0, "Seconds before an SMTP command times out.", float),
     Setting("sendgrid_host", "https://api.sendgrid.com", "SendGrid API base URL (tests point it at a local server)."),
     Setting("sendgrid_timeout", 30.0, "Seconds before a SendGrid request times out.", float),
@@ -93,6 +94,8 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
         value = setting.kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {setting.name}: expected {setting.kind.__name__}, got {value!r}") from None
+    if setting.kind is int and setting.name.endswith(("_connections", "_batch_size", "_attempts")) and value < 1:
+        raise ConfigError(f"{where}: {setting.name}: must be at least 1, got {value!r}")
     if setting.name == "timezone":
         try:
             ZoneInfo(value)

@@ -243,3 +243,23 @@ def test_rate_limit_setting_paces_smtp_sending(make_site, smtp_server, monkeypat
     # 20 messages at 4 per second in batches of 5: a pause of 5/4 s before each batch after the first.
     assert fake.sleeps == pytest.approx([1.25, 1.25, 1.25])
     assert seen_at_sleep == [5, 10, 15]  # the server had only the earlier batches when each pause began
+
+
+def test_a_pool_of_connections_sends_each_reader_exactly_one_message(make_site, smtp_server):
+    ctx = make_site("pool", backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port,
+                    smtp_security="none", smtp_batch_size=12, smtp_connections=3)
+    ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
+    active = readers(40)
+    ctx.store.upsert_subscribers(active + readers(3, start=100, status="unsubscribed"))
+    messenger = messenger_from_config(ctx.config)
+    assert len(messenger.workers) == 3
+
+    report = run_with(ctx, messenger)
+
+    received = smtp_server.by_recipient()
+    assert set(received) == {r["email"] for r in active}
+    assert all(len(msgs) == 1 for msgs in received.values())
+    assert (report.tally.sent, report.tally.failed, report.tally.unknown) == (len(active), 0, 0)
+    assert all(worker.connections >= 1 for worker in messenger.workers)  # every connection carried mail
+    assert smtp_server.connections >= 3
+    assert {r["status"] for r in ledger(ctx).values()} == {"sent"}

@@ -18,10 +18,12 @@ def messenger_from_config(config: Any) -> Messenger:
         from .maildir import MaildirMessenger
         return MaildirMessenger(config.outbox, sender)
     if config.backend == "smtp":
-        from .smtp import SmtpMessenger
-        return SmtpMessenger(config.smtp_host, config.smtp_port, sender, security=config.smtp_security,
-                             username=config.smtp_username, password=config.smtp_password,
-                             timeout=config.smtp_timeout, batch_size=config.smtp_batch_size)
+        from .smtp import SmtpMessenger, SmtpPool
+        options = dict(security=config.smtp_security, username=config.smtp_username, password=config.smtp_password,
+                       timeout=config.smtp_timeout, batch_size=config.smtp_batch_size)
+        if config.smtp_connections > 1:
+            return SmtpPool(config.smtp_connections, config.smtp_host, config.smtp_port, sender, **options)
+        return SmtpMessenger(config.smtp_host, config.smtp_port, sender, **options)
     if config.backend == "sendgrid":
         from .sendgrid import SendGridMessenger
         return SendGridMessenger(config.sendgrid_api_key or "", sender, host=config.sendgrid_host, timeout=config.sendgrid_timeout,

@@ -15,6 +15,7 @@ import re
 import smtplib
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from ..mime import message_bytes, notice_bytes
@@ -207,3 +208,52 @@ class SmtpMessenger:
             except OSError:
                 pass
             self._drop()
+
+
+class SmtpPool:
+    """Several SMTP connections at once, for a relay whose round trips dominate.
+
+    Each worker is an SmtpMessenger with its own connection and the same
+    per-message rules; a batch is dealt out among them and their outcomes
+    gathered, so the ledger sees one batch exactly as with one connection.
+    """
+    name = "smtp"
+
+    def __init__(self, connections: int, host: str, port: int, sender: Sender, **options) -> None:
+        if connections < 2:
+            raise ValueError("connections: a pool needs at least 2 (use SmtpMessenger for one)")
+        self.workers = [SmtpMessenger(host, port, sender, **options) for _ in range(connections)]
+        self.batch_size = self.workers[0].batch_size
+        self.pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="smtp")
+        self.fatal: FatalSendError | None = None
+
+    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        if self.fatal is not None:
+            raise self.fatal
+        count = len(self.workers)
+        shares = [list(envelopes[i::count]) for i in range(count)]
+        futures = [(share, self.pool.submit(worker.send, rendered, share))
+                   for worker, share in zip(self.workers, shares) if share]
+        outcomes: list[Outcome] = []
+        stopped: list[tuple[list[Envelope], FatalSendError]] = []
+        for share, future in futures:
+            try:
+                outcomes += future.result()
+            except FatalSendError as exc:  # this worker handed over nothing of its share
+                stopped.append((share, exc))
+        if stopped:
+            if all(o.status == "failed" for o in outcomes):
+                raise stopped[0][1]  # nothing of the batch went out: it goes back to pending
+            self.fatal = stopped[0][1]  # part went out: report it, stop at the next batch
+            for share, exc in stopped:
+                outcomes.append(Outcome("failed", [e.delivery_id for e in share],
+                                        error=f"{exc} (not attempted: the run stopped)"))
+        return outcomes
+
+    def send_notice(self, notice: Notice) -> Outcome:
+        return self.workers[0].send_notice(notice)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.pool.shutdown(wait=True)
