@@ -6,6 +6,9 @@ own modules, listed in pytest_plugins.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import mailbox
 import os
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +72,18 @@ def load_samples(ctx: Context) -> None:
 def loaded(site) -> Context:
     load_samples(site)
     return site
+
+
+def read_maildir(path: str | Path) -> list[email.message.EmailMessage]:
+    """Every message in a Maildir, parsed with the modern email API (none if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    box = mailbox.Maildir(str(path), factory=None, create=False)
+    try:
+        return [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default) for key in box.keys()]
+    finally:
+        box.close()
 
 
 @pytest.fixture

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
-import mailbox
 import re
 from collections import Counter
 from datetime import date
@@ -19,7 +16,7 @@ from newsletter.ingest_summaries import read_sources
 from newsletter.settings import SECRET_FILE
 from newsletter.tokens import Tokens
 
-from .conftest import SAMPLE_NOW, load_samples
+from .conftest import SAMPLE_NOW, load_samples, read_maildir
 
 DATA = Path(__file__).resolve().parent / "data"
 NOW = SAMPLE_NOW.isoformat()
@@ -29,14 +26,7 @@ def invoke(runner, ctx, *args):
     return runner.invoke(cli, ["--config", str(ctx.config.source), *map(str, args)], catch_exceptions=False)
 
 
-def maildir_messages(path: Path) -> list[email.message.EmailMessage]:
-    if not path.exists():
-        return []
-    box = mailbox.Maildir(str(path), factory=None, create=False)
-    try:
-        return [email.message_from_bytes(box.get_bytes(k), policy=email.policy.default) for k in box.keys()]
-    finally:
-        box.close()
+maildir_messages = read_maildir
 
 
 def assert_clean_failure(result, code: int = 1) -> str:

@@ -20,7 +20,7 @@ from newsletter.render import Renderer
 from newsletter.settings import ConfigError
 from newsletter.tokens import Tokens
 
-from .conftest import POSTAL, SAMPLE_NOW, SECRET, load_samples
+from .conftest import POSTAL, SAMPLE_NOW, SECRET, load_samples, read_maildir
 
 SITE_URL = "https://digest.example.org"
 UNSUB_RE = re.compile(re.escape(SITE_URL) + r"/u/([A-Za-z0-9_.\-]+)")
@@ -33,14 +33,7 @@ def run_digest(ctx, now=SAMPLE_NOW, cadence="weekly"):
 
 
 def outbox(ctx) -> list[email.message.EmailMessage]:
-    path = Path(ctx.config.outbox)
-    if not path.exists():
-        return []
-    box = mailbox.Maildir(str(path), factory=None, create=False)
-    try:
-        return [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default) for key in box.keys()]
-    finally:
-        box.close()
+    return read_maildir(ctx.config.outbox)
 
 
 def recipient(msg) -> str:

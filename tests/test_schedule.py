@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import mailbox
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -16,6 +15,8 @@ import time_machine
 
 from newsletter.cli import cli
 from newsletter.digest import matching, period_for
+
+from .conftest import read_maildir
 
 START = date(2026, 9, 28)  # a Monday
 WEEKS = 8
@@ -94,8 +95,7 @@ def received(ctx) -> dict[str, Counter]:
 
 
 def outbox_messages(ctx) -> list[email.message.EmailMessage]:
-    box = mailbox.Maildir(ctx.config.outbox, factory=None, create=True)
-    return [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default) for key in box.keys()]
+    return read_maildir(ctx.config.outbox)
 
 
 def test_eight_weeks_every_summary_reaches_every_eligible_subscriber_once(scheduled, runner):
