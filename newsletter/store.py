@@ -641,16 +641,19 @@ class Store:
         now = now_iso()
         id_list = json.dumps(list(ids))
         with self.transaction() as conn:
-            claimed = {row[0] for row in conn.execute(
+            moved = conn.execute(
                 """UPDATE deliveries SET status = 'sending', batch_id = ?, updated_at = ?
                    WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
-                   AND (SELECT status FROM subscribers s WHERE s.id = deliveries.subscriber_id) = 'active'
-                   RETURNING id""",
-                (batch_id, now, id_list))}
-            if len(claimed) < len(ids):
-                conn.execute("""UPDATE deliveries SET status = 'skipped', updated_at = ?,
-                                error = 'subscriber no longer active' WHERE id IN (SELECT value FROM json_each(?))
-                                AND status = 'pending'""", (now, id_list))
+                   AND (SELECT status FROM subscribers s WHERE s.id = deliveries.subscriber_id) = 'active'""",
+                (batch_id, now, id_list)).rowcount
+            if moved == len(ids):  # the usual case: no need to read back which ones
+                return set(ids)
+            claimed = {row[0] for row in conn.execute(
+                "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND batch_id = ? "
+                "AND status = 'sending'", (id_list, batch_id))}
+            conn.execute("""UPDATE deliveries SET status = 'skipped', updated_at = ?,
+                            error = 'subscriber no longer active' WHERE id IN (SELECT value FROM json_each(?))
+                            AND status = 'pending'""", (now, id_list))
         return claimed
 
     def finish_issue_if_done(self, issue_id: int) -> bool:
