@@ -9,7 +9,7 @@ touches the database; the dispatcher records what it reports.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from ..render import Rendered
 
@@ -61,6 +61,18 @@ class FatalSendError(Exception):
     Once part of a batch went out, it returns the outcomes it has (the rest
     failed, with the reason) and raises at the start of its next `send`.
     """
+
+
+def stop_mid_batch(exc: FatalSendError, outcomes: list[Outcome], not_attempted: Iterable[int]) -> Outcome:
+    """The rule for a fatal error (refused credentials) in the middle of a batch.
+
+    If nothing of the batch was handed over, re-raise: the dispatcher puts the
+    batch back to pending. Otherwise what went out must be recorded, so the rest
+    is reported failed and the caller raises `exc` at its next batch.
+    """
+    if all(o.status == "failed" for o in outcomes):
+        raise exc
+    return Outcome("failed", list(not_attempted), error=f"{exc} (not attempted: the run stopped)")
 
 
 class Messenger(Protocol):

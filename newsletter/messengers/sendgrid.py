@@ -20,7 +20,7 @@ from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 
 from ..render import PLACEHOLDERS, Rendered
-from .base import Envelope, FatalSendError, Notice, Outcome, Sender
+from .base import Envelope, FatalSendError, Notice, Outcome, Sender, stop_mid_batch
 
 MAX_PERSONALIZATIONS = 1000
 MAX_BACKOFF = 60.0
@@ -204,12 +204,8 @@ class SendGridMessenger:
             try:
                 outcomes.append(self.post(payload, [e.delivery_id for e in chunk]))
             except FatalSendError as exc:
-                if all(o.status == "failed" for o in outcomes):
-                    raise  # nothing of this batch was accepted: it goes back to pending
-                # An earlier request of this batch was accepted: report it, stop the run at the next batch.
+                outcomes.append(stop_mid_batch(exc, outcomes, (e.delivery_id for c in chunks[index:] for e in c)))
                 self.fatal = exc
-                outcomes.append(Outcome("failed", [e.delivery_id for c in chunks[index:] for e in c],
-                                        error=f"{exc} (not attempted: the run stopped)"))
                 break
         return outcomes
 

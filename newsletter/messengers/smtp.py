@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from ..mime import message_bytes, notice_bytes
 from ..render import Rendered
-from .base import Envelope, FatalSendError, Notice, Outcome, Sender
+from .base import Envelope, FatalSendError, Notice, Outcome, Sender, stop_mid_batch
 
 RETRY_ATTEMPTS = 3
 CRLF = b"\r\n"
@@ -112,12 +112,8 @@ class SmtpMessenger:
             try:
                 outcome, unreachable = self._send_one(rendered, env)
             except FatalSendError as exc:
-                if all(o.status == "failed" for o in outcomes):
-                    raise  # nothing of this batch was handed over: it goes back to pending
-                # Part of the batch went out: report it, and stop the run at the next batch.
+                outcomes.append(stop_mid_batch(exc, outcomes, (e.delivery_id for e in envelopes[index:])))
                 self.fatal = exc
-                outcomes.append(Outcome("failed", [e.delivery_id for e in envelopes[index:]],
-                                        error=f"{exc} (not attempted: the run stopped)"))
                 break
             outcomes.append(outcome)
             if unreachable and index + 1 < len(envelopes):
@@ -242,12 +238,9 @@ class SmtpPool:
             except FatalSendError as exc:  # this worker handed over nothing of its share
                 stopped.append((share, exc))
         if stopped:
-            if all(o.status == "failed" for o in outcomes):
-                raise stopped[0][1]  # nothing of the batch went out: it goes back to pending
-            self.fatal = stopped[0][1]  # part went out: report it, stop at the next batch
-            for share, exc in stopped:
-                outcomes.append(Outcome("failed", [e.delivery_id for e in share],
-                                        error=f"{exc} (not attempted: the run stopped)"))
+            exc = stopped[0][1]
+            outcomes.append(stop_mid_batch(exc, outcomes, (e.delivery_id for share, _ in stopped for e in share)))
+            self.fatal = exc
         return outcomes
 
     def send_notice(self, notice: Notice) -> Outcome:
