@@ -28,12 +28,10 @@ from typing import Any, Sequence
 from . import bootstrap
 from .context import Context
 from .digest import DigestRunner
-from .ingest_summaries import read_sources
-from .messengers import Sender
-from .messengers.base import Envelope, Outcome
 from .messengers.counting import CountingMessenger
 from .messengers.sendgrid import build_payload
-from .render import Rendered
+from .model import Envelope, Outcome, Rendered, Sender
+from .sources.summaries import read_sources
 from .settings import load_config
 from .tokens import Tokens
 
@@ -245,6 +243,13 @@ def run_isolated(n: int, messenger_name: str) -> Result:
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"bench case {n} {messenger_name} failed:\n{proc.stderr[-2000:]}")
         return Result(**json.loads(lines[-1][len("RESULT "):]))
+
+
+def cases(sizes: Sequence[int], messengers: Sequence[str]) -> list[tuple[int, str]]:
+    """(size, messenger) pairs to run: every messenger by default, the smtp ones only up to SMTP_LIMIT."""
+    chosen = messengers or MESSENGERS
+    return [(n, name) for n in sizes for name in chosen
+            if messengers or not (name.startswith("smtp") and n > SMTP_LIMIT)]
 
 
 def machine() -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 from .context import Context
 from .digest import DigestRunner, RunReport
-from .ingest_subscribers import read_csv
-from .ingest_summaries import read_sources
+from .sources.subscribers import read_csv
+from .sources.summaries import read_sources
 from .preview import render_issue, write_preview
 from .settings import SECRETS, load_config, render_config_file, write_secret_file
 

@@ -1,4 +1,5 @@
-"""The digest job: select -> build issues -> render variants -> dispatch, under one lock.
+"""The digest job: select -> build issues -> render variants -> dispatch, under one lock, with one
+rule for which issues may be sent.
 
 Idempotent per (segment, cadence, period): the issue row is unique, and the
 ledger never sends a planned delivery twice, so cron may fire twice.
@@ -12,16 +13,17 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from zoneinfo import ZoneInfo
 
 from .dispatch import Dispatcher, Tally
-from .messengers import Messenger, messenger_from_config
-from .render import Rendered, Renderer
+from .messengers import messenger_from_config
+from .model import Messenger, VariantFor
+from .render import Renderer, issue_variants
 from .segments import Segment
-from .store import Store
+from .select import local_today, period_for, select_summaries
+from .store import Store, may_send
 from .tokens import Tokens
 
 log = logging.getLogger("newsletter.digest")
@@ -29,60 +31,6 @@ log = logging.getLogger("newsletter.digest")
 
 class LockBusy(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Period:
-    key: str  # 2026-W48 or 2026-11
-    start: date
-
-    @property
-    def label(self) -> str:
-        if "-W" in self.key:
-            return f"Week of {self.start.day} {self.start:%B %Y}"
-        return f"{self.start:%B %Y}"
-
-    @classmethod
-    def from_key(cls, key: str) -> "Period":
-        if "-W" in key:
-            year, week = key.split("-W")
-            return cls(key, date.fromisocalendar(int(year), int(week), 1))
-        return cls(key, date.fromisoformat(key + "-01"))
-
-
-def period_for(now: datetime, cadence: str, tz: str = "UTC") -> Period:
-    """The week (ISO, Monday first) or month that `now` falls in, in the configured zone."""
-    day = local_today(now, tz)
-    if cadence == "monthly":
-        return Period(f"{day:%Y-%m}", day.replace(day=1))
-    year, week, _ = day.isocalendar()
-    return Period(f"{year}-W{week:02d}", day - timedelta(days=day.weekday()))
-
-
-def local_today(now: datetime, tz: str) -> date:
-    """Naive datetimes are read as already local."""
-    return (now.astimezone(ZoneInfo(tz)) if now.tzinfo else now).date()
-
-
-def topic_key(topics: list[str]) -> str:
-    return "+".join(sorted(t.lower().replace(" ", "-") for t in topics)) or "all"
-
-
-def matching(summaries: list[dict[str, Any]], topics: list[str]) -> list[dict[str, Any]]:
-    """No topics chosen means every topic."""
-    if not topics:
-        return summaries
-    wanted = {t.lower() for t in topics}
-    return [s for s in summaries if wanted & {t.lower() for t in s["topics"]}]
-
-
-def select_summaries(store: Store, segment: str, cadence: str, today: date, max_age_days: int,
-                     limit: int) -> list[dict[str, Any]]:
-    """Published, recent, and not yet carried by any live issue of this segment and cadence."""
-    sent = store.sent_slugs(segment, cadence)
-    since = (today - timedelta(days=max_age_days)).isoformat()
-    fresh = [s for s in store.summaries(since=since, until=today.isoformat()) if s["slug"] not in sent]
-    return fresh[:limit]
 
 
 @contextlib.contextmanager
@@ -162,43 +110,37 @@ class DigestRunner:
                      "summaries": len(chosen), "status": status}
             (report.created if created else report.existing).append(entry)
 
-    def variant_renderer(self, issue: dict[str, Any], test: bool = False) -> Callable[..., Rendered | None]:
-        """Renders lazily, once per distinct set of summaries a topic choice (less what a reader
-        already received in another digest) yields."""
-        summaries = self.store.issue_summaries(issue["id"])
-        segment = self.segments[issue["segment"]]
-        period_label = Period.from_key(issue["period"]).label
-        by_topics: dict[tuple[str, frozenset[str]], Rendered | None] = {}
-        by_content: dict[tuple[int, ...], Rendered] = {}
+    def variant_renderer(self, issue: dict[str, Any], test: bool = False) -> VariantFor:
+        return issue_variants(self.renderer, issue, self.store.issue_summaries(issue["id"]),
+                              self.segments[issue["segment"]], test)
 
-        def variant_for(topics: list[str], exclude: frozenset[str] = frozenset()) -> Rendered | None:
-            key = (topic_key(topics), exclude)
-            if key not in by_topics:
-                chosen = [s for s in matching(summaries, topics) if s["slug"] not in exclude]
-                ids = tuple(s["id"] for s in chosen)
-                if not chosen:
-                    log.info("issue %s: nothing left for topics %s: those subscribers get no email", issue["id"], key[0])
-                    by_topics[key] = None
-                elif ids in by_content:
-                    by_topics[key] = by_content[ids]
-                else:
-                    variant = "all" if len(chosen) == len(summaries) else key[0]
-                    rendered = self.renderer.render(issue_id=issue["id"], segment=segment, cadence=issue["cadence"],
-                                                    period_label=period_label, summaries=chosen, variant=variant,
-                                                    topics=[] if variant == "all" else topics, test=test)
-                    by_content[ids] = by_topics[key] = rendered
-            return by_topics[key]
+    def sendable_issue(self, issue_id: int, retrying: bool = False) -> dict[str, Any]:
+        """The issue, if it may be sent now; LookupError says why not."""
+        issue = self.store.get_issue(issue_id)
+        if issue is None:
+            raise LookupError(f"issue {issue_id}: no such issue")
+        if not may_send(issue, retrying):
+            raise LookupError(f"issue {issue_id}: is {issue['status']}; approve it first")
+        return issue
 
-        return variant_for
+    def send_one(self, issue_id: int, retry_unknown: bool = False, retry_failed: bool = False) -> RunReport:
+        """`issues send N`: one issue now, under the run lock; refused unless it may be sent."""
+        report = RunReport()
+        self.sendable_issue(issue_id, retry_unknown or retry_failed)
+        with run_lock(self.lock_path):
+            self.send([issue_id], report, retry_unknown=retry_unknown, retry_failed=retry_failed)
+        return report
 
     def send(self, issue_ids: list[int] | None, report: RunReport, retry_unknown: bool = False,
              retry_failed: bool = False) -> None:
         self.config.require_sendable()
+        retrying = retry_unknown or retry_failed
         if issue_ids is None:
             issues = self.store.issues_to_send(
                 [status for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)) if wanted])
         else:
-            issues = [self.store.get_issue(i) for i in issue_ids]
+            issues = [self.sendable_issue(i, retrying) for i in issue_ids]
+        issues = [issue for issue in issues if may_send(issue, retrying)]
         if not issues:
             return
         tokens = self.tokens or Tokens(self.config.require_secret())
@@ -208,9 +150,6 @@ class DigestRunner:
                                 on_start=self.on_issue)
         try:
             for issue in issues:
-                resendable = (retry_unknown or retry_failed) and issue["status"] == "sent"
-                if issue["status"] not in ("approved", "sending") and not resendable:
-                    continue
                 tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,
                                               retry_failed=retry_failed)
                 report.tally.add(tally)

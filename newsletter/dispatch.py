@@ -18,13 +18,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .messengers.base import Envelope, FatalSendError, Messenger
-from .render import Rendered, recipient_values
-from .store import Store
+from .model import Envelope, FatalSendError, Messenger, Rendered, VariantFor, recipient_values
+from .store import Ledger
 from .tokens import Tokens
-
-#: Given a subscriber's topics (and slugs they already received elsewhere), their variant (None: nothing left).
-VariantFor = Callable[..., "Rendered | None"]
 
 
 @dataclass
@@ -70,7 +66,7 @@ class RateLimiter:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, messenger: Messenger, tokens: Tokens, site_url: str, *,
+    def __init__(self, store: Ledger, messenger: Messenger, tokens: Tokens, site_url: str, *,
                  rate_limit: float = 0.0, on_progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int, int], None] | None = None, limiter: RateLimiter | None = None):
         self.store, self.messenger, self.tokens = store, messenger, tokens

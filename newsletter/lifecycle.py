@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .digest import DigestRunner
-from .ingest_subscribers import normalise_email
-from .messengers import Envelope, Messenger, Notice, messenger_from_config, send_notice
-from .render import recipient_values
-
-TRANSITIONS = {"approved": ("draft",), "cancelled": ("draft", "approved")}
+from .messengers import messenger_from_config, send_notice
+from .model import Envelope, Messenger, Notice, recipient_values
+from .render import variants_of
+from .sources.subscribers import normalise_email
+from .store import TRANSITIONS
 
 
 class LifecycleError(LookupError):
@@ -42,7 +41,7 @@ def send_test(ctx: Any, issue_id: int, address: str, messenger: Messenger | None
     """Mail one copy, subject marked [TEST], to an editor. Never recorded as a delivery."""
     issue = get_issue(ctx, issue_id)
     address = normalise_email(address)
-    rendered = DigestRunner(ctx.config, ctx.store, ctx.segments).variant_renderer(issue, test=True)([])
+    rendered = variants_of(ctx, issue, test=True)([])
     envelope = Envelope(delivery_id=0, subscriber_id=0, email=address, name="",
                         values=recipient_values("test-send", "test-send", "editor"),
                         unsubscribe_url=f"{ctx.config.site_url}/u/test-send")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import html as htmllib
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .digest import DigestRunner, local_today, period_for, select_summaries
-from .render import Rendered, Renderer, recipient_values
+from .model import Rendered, recipient_values
+from .render import Renderer, variants_of
+from .select import local_today, period_for, select_summaries
 
 DESKTOP_WIDTH = 640
 PHONE_WIDTH = 375
@@ -32,8 +33,21 @@ def render_issue(ctx: Any, issue_id: int) -> Rendered:
     issue = ctx.store.get_issue(issue_id)
     if issue is None:
         raise LookupError(f"issue {issue_id}: no such issue")
-    variant_for = DigestRunner(ctx.config, ctx.store, ctx.segments).variant_renderer(issue)
-    return variant_for([])
+    return variants_of(ctx, issue)([])
+
+
+def preview_renders(ctx: Any, *, issue_id: int | None = None, segment: str | None = None,
+                    cadence: str = "weekly", now: datetime | None = None) -> dict[str, Rendered]:
+    """What `newsletter preview` shows: one issue, or each segment's upcoming one (none if nothing is new)."""
+    if issue_id is not None:
+        rendered = render_issue(ctx, issue_id)
+        return {rendered.segment: rendered}
+    names = [segment] if segment else list(ctx.segments)
+    for name in names:
+        if name not in ctx.segments:
+            raise LookupError(f"segment: unknown {name!r} (segments: {', '.join(ctx.segments)})")
+    now = now or datetime.now(timezone.utc)
+    return {n: r for n in names if (r := render_upcoming(ctx, n, cadence, now))}
 
 
 def write_preview(out: Path, renders: dict[str, Rendered]) -> Path:

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from newsletter import bootstrap
 from newsletter.context import Context
-from newsletter.ingest_subscribers import read_csv
-from newsletter.ingest_summaries import read_sources
+from newsletter.sources.subscribers import read_csv
+from newsletter.sources.summaries import read_sources
 from newsletter.settings import load_config
 
 pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_browser"]

@@ -93,8 +93,8 @@ def sample_renders(loaded, tmp_path) -> dict[str, SampleRender]:
     """Each segment's upcoming weekly digest, as of the morning after the newest bundled sample,
     over the bundled samples plus AWKWARD_SUMMARY: more summaries than max_summaries, so both full
     cards and teaser links are there."""
-    from newsletter.digest import local_today, period_for, select_summaries
-    from newsletter.ingest_summaries import read_sources
+    from newsletter.select import local_today, period_for, select_summaries
+    from newsletter.sources.summaries import read_sources
     from newsletter.render import Renderer
     from tests.conftest import SAMPLE_NOW
 

@@ -11,7 +11,7 @@ import itertools
 import pytest
 
 from newsletter import bench
-from newsletter.digest import matching
+from newsletter.select import matching
 
 
 def expected_variants() -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from newsletter import bootstrap
 from newsletter.cli import cli
-from newsletter.ingest_summaries import read_sources
+from newsletter.sources.summaries import read_sources
 from newsletter.settings import SECRET_FILE
 from newsletter.tokens import Tokens
 

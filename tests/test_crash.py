@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 
 from newsletter import bootstrap
-from newsletter.ingest_summaries import read_sources
+from newsletter.sources.summaries import read_sources
 from tests.conftest import SAMPLE_NOW
 
 SEGMENTS = ("patients", "caregivers", "clinicians")

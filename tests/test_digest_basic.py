@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.digest import DigestRunner, select_summaries
-from newsletter.ingest_summaries import read_sources
+from newsletter.digest import DigestRunner
+from newsletter.select import select_summaries
+from newsletter.sources.summaries import read_sources
 from newsletter.messengers import messenger_from_config
 from newsletter.render import Renderer
 from newsletter.settings import ConfigError

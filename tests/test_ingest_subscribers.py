@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.cli import cli
-from newsletter.ingest_subscribers import (CSV_COLUMNS, SubscriberError, clean_subscriber, normalise_email,
+from newsletter.sources.subscribers import (CSV_COLUMNS, SubscriberError, clean_subscriber, normalise_email,
                                            read_csv, write_csv)
 
 DATA = Path(__file__).resolve().parent / "data" / "subscribers"

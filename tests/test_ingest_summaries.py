@@ -17,7 +17,7 @@ import pytest
 
 from newsletter import bootstrap
 from newsletter.cli import cli
-from newsletter.ingest_summaries import IngestError, read_source, read_sources
+from newsletter.sources.summaries import IngestError, read_source, read_sources
 
 DATA = Path(__file__).resolve().parent / "data"
 GOOD = DATA / "summaries" / "good"

@@ -14,10 +14,10 @@ from pathlib import Path
 import lxml.html
 import pytest
 
-from newsletter import render as render_mod
 from newsletter.cli import cli
-from newsletter.render import (GREETING_HTML, GREETING_TEXT, PLACEHOLDERS, PREFS_TOKEN, UNSUB_TOKEN, RenderError,
-                               Renderer, bundled_templates_dir, date_label, greeting)
+from newsletter.model import GREETING_HTML, GREETING_TEXT, PLACEHOLDERS, PREFS_TOKEN, UNSUB_TOKEN, greeting
+from newsletter.render import RenderError, Renderer, bundled_templates_dir, date_label
+from newsletter.render import pipeline as render_mod
 from newsletter.segments import Segment, load_segments
 from tests.conftest import POSTAL, SAMPLE_NOW, load_samples
 
@@ -373,7 +373,7 @@ def no_network(monkeypatch):
 
 
 def test_render_opens_no_socket(loaded, no_network):
-    from newsletter.digest import select_summaries
+    from newsletter.select import select_summaries
     chosen = select_summaries(loaded.store, "patients", "weekly", SAMPLE_NOW.date(), 45, 30)
     chosen[0] = {**chosen[0], "findings": "![remote](https://images.example/x.png) <link rel=stylesheet "
                                           "href=https://css.example/x.css> text"}

@@ -117,7 +117,7 @@ class RefusingOnce(CountingMessenger):
         self.refused = False
 
     def send(self, rendered, envelopes):
-        from newsletter.messengers import Outcome
+        from newsletter.model import Outcome
         if not self.refused:
             self.refused = True
             return [Outcome("failed", [e.delivery_id for e in envelopes], error="refused for the test")]

@@ -14,7 +14,7 @@ import pytest
 import time_machine
 
 from newsletter.cli import cli
-from newsletter.digest import matching, period_for
+from newsletter.select import matching, period_for
 
 from .conftest import read_maildir
 

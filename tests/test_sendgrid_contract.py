@@ -16,10 +16,11 @@ from python_http_client.exceptions import HTTPError
 
 from newsletter.cli import cli
 from newsletter.digest import DigestRunner
-from newsletter.messengers import FatalSendError, messenger_from_config, sender_from_config
+from newsletter.messengers import messenger_from_config, sender_from_config
+from newsletter.model import FatalSendError
 from newsletter.messengers import sendgrid as sendgrid_module
 from newsletter.messengers.sendgrid import SendGridMessenger, build_payload, describe_error
-from newsletter.render import PLACEHOLDERS
+from newsletter.model import PLACEHOLDERS
 from tests.conftest import SAMPLE_NOW, load_samples
 
 
@@ -176,9 +177,9 @@ def test_the_fast_encoder_writes_exactly_the_reference_payload():
     """encode_payload (the hot path) and build_payload (the reference) are the same JSON."""
     import json as _json
 
-    from newsletter.messengers.base import Envelope, Sender
+    from newsletter.model import Envelope, Sender
     from newsletter.messengers.sendgrid import build_payload, encode_payload
-    from newsletter.render import PLACEHOLDERS, Rendered
+    from newsletter.model import PLACEHOLDERS, Rendered
 
     rendered = Rendered(issue_id=7, segment="clinicians", cadence="weekly", variant="ms+pml",
                         subject='Résumé "quoted" \\ subject', preheader="p", html="<p>é -nl-hgreet-</p>",

@@ -18,11 +18,12 @@ import pytest
 
 from newsletter import bootstrap, dispatch
 from newsletter.digest import DigestRunner
-from newsletter.ingest_summaries import read_sources
-from newsletter.messengers import FatalSendError, sender_from_config
-from newsletter.messengers.base import Envelope
+from newsletter.sources.summaries import read_sources
+from newsletter.messengers import sender_from_config
+from newsletter.model import FatalSendError
+from newsletter.model import Envelope
 from newsletter.messengers.sendgrid import MAX_PERSONALIZATIONS, SendGridMessenger, build_payload, split_requests
-from newsletter.render import PLACEHOLDERS
+from newsletter.model import PLACEHOLDERS
 from tests.conftest import SAMPLE_NOW
 from tests.fixtures_servers import free_port
 
@@ -312,5 +313,5 @@ def rendered(loaded):
 
 
 def plain_sender():
-    from newsletter.messengers.base import Sender
+    from newsletter.model import Sender
     return Sender(email="digest@example.org", name="Digest")

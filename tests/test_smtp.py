@@ -13,11 +13,11 @@ import pytest
 
 from newsletter import bootstrap, dispatch
 from newsletter.digest import DigestRunner
-from newsletter.ingest_summaries import read_sources
+from newsletter.sources.summaries import read_sources
 from newsletter.messengers import messenger_from_config, sender_from_config
-from newsletter.messengers.base import Envelope
+from newsletter.model import Envelope
 from newsletter.messengers.smtp import SmtpMessenger
-from newsletter.render import PLACEHOLDERS
+from newsletter.model import PLACEHOLDERS
 from newsletter.tokens import Tokens
 from tests.conftest import SAMPLE_NOW, SECRET
 from tests.fixtures_servers import free_port

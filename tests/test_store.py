@@ -126,7 +126,7 @@ def test_two_stores_share_one_file(tmp_path):
 
 
 def summary(title: str, **extra) -> dict:
-    from newsletter.ingest_summaries import slugify
+    from newsletter.sources.summaries import slugify
     return {"title": title, "published": "2026-11-01", "findings": "Text.", "topics": ["MS"],
             "slug": None, "derived_slug": slugify(title), **extra}
 

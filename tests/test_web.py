@@ -28,12 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from newsletter.cli import cli
-from newsletter.digest import DigestRunner, topic_key
+from newsletter.digest import DigestRunner
+from newsletter.select import topic_key
 from newsletter.messengers import messenger_from_config
 from newsletter.settings import ConfigError, load_config
 from newsletter.tokens import Tokens
 from newsletter.web import create_app
-from newsletter.messengers import Notice, sender_from_config
+from newsletter.messengers import sender_from_config
+from newsletter.model import Notice
 from newsletter.messengers.sendgrid import notice_payload
 from newsletter.web.security import Throttle
 from tests.conftest import SAMPLE_NOW, load_samples

@@ -1,10 +1,17 @@
-"""Messengers: the only code that touches the network or the outbox."""
+"""Messengers: the only code that touches the network or the outbox.
+
+Each takes one rendered variant and a batch of envelopes and says, per
+envelope, whether the provider accepted it (sent), refused it (failed) or
+whether the answer was lost after the message went out (unknown). None
+touches the database; the dispatcher records what they report. They import
+only the shared types of `newsletter.model`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import Envelope, FatalSendError, Messenger, Notice, Outcome, Sender
+from ..model import Messenger, Notice, Outcome, Sender
 
 
 def sender_from_config(config: Any) -> Sender:
@@ -39,7 +46,3 @@ def send_notice(config: Any, notice: Notice, messenger: Messenger | None = None)
         return messenger.send_notice(notice)
     finally:
         messenger.close()
-
-
-__all__ = ["Envelope", "FatalSendError", "Messenger", "Notice", "Outcome", "Sender", "messenger_from_config",
-           "send_notice", "sender_from_config"]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..render import Rendered
-from .base import Envelope, Notice, Outcome
+from ..model import Envelope, Notice, Outcome, Rendered
 
 
 class CountingMessenger:

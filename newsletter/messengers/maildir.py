@@ -7,9 +7,8 @@ import mailbox
 from pathlib import Path
 from typing import Sequence
 
-from ..mime import message_bytes, notice_bytes
-from ..render import Rendered
-from .base import Envelope, FatalSendError, Notice, Outcome, Sender
+from ..model import Envelope, FatalSendError, Notice, Outcome, Rendered, Sender
+from .mime import message_bytes, notice_bytes
 
 
 class MaildirMessenger:

@@ -19,8 +19,7 @@ from typing import Any, Callable, Sequence
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 
-from ..render import PLACEHOLDERS, Rendered
-from .base import Envelope, FatalSendError, Notice, Outcome, Sender, stop_mid_batch
+from ..model import PLACEHOLDERS, Envelope, FatalSendError, Notice, Outcome, Rendered, Sender, stop_mid_batch
 
 MAX_PERSONALIZATIONS = 1000
 MAX_BACKOFF = 60.0

@@ -18,9 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from ..mime import message_bytes, notice_bytes
-from ..render import Rendered
-from .base import Envelope, FatalSendError, Notice, Outcome, Sender, stop_mid_batch
+from ..model import Envelope, FatalSendError, Notice, Outcome, Rendered, Sender, stop_mid_batch
+from .mime import message_bytes, notice_bytes
 
 RETRY_ATTEMPTS = 3
 CRLF = b"\r\n"

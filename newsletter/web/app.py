@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -24,20 +23,16 @@ from typing import Any, Callable
 from flask import Flask, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from ..context import Context
-from ..segments import CADENCES, Segment, load_segments
+from ..segments import CADENCES, load_segments
 from ..settings import Config, load_config
 from ..tokens import Tokens
-from .rendering import RenderCache
+from .editors import bp as editors_bp
+from .public import bp as public_bp
 from .security import Throttle, csrf_token, current_editor, protect_csrf
+from .state import PAGE_CSP, WebState
+from .webhooks import bp as webhooks_bp
 
 log = logging.getLogger("newsletter.web")
-
-PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-src 'self'; "
-            "frame-ancestors 'self'; base-uri 'none'")
-#: Rendered emails (preview iframes, archive): their own inline styles, no script, no plugin, opaque origin.
-EMAIL_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; frame-ancestors 'self'; "
-             "base-uri 'none'; form-action 'none'; sandbox allow-popups allow-popups-to-escape-sandbox")
 
 FLASK_DEFAULTS = {
     "LOGIN_MAX_FAILURES": 5,        # per editor name within the window
@@ -48,21 +43,6 @@ FLASK_DEFAULTS = {
     "CLOCK": time.monotonic,
     "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,
 }
-
-
-@dataclass
-class WebState:
-    """What the app keeps between requests (nothing that holds a database connection)."""
-    config: Config
-    segments: dict[str, Segment]
-    tokens: Tokens
-    login_names: Throttle
-    login_ips: Throttle
-    subscribe_addresses: Throttle
-    subscribe_ips: Throttle
-    renders: RenderCache = field(default_factory=RenderCache)
-    webhook_verifier: Any = None
-    webhook_key_error: str = ""
 
 
 def create_app(config: Config | str | Path | None = None, **overrides: Any) -> Flask:
@@ -105,10 +85,6 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
     )
     _load_webhook_key(state)
     app.extensions["newsletter"] = state
-
-    from .editors import bp as editors_bp
-    from .public import bp as public_bp
-    from .webhooks import bp as webhooks_bp
 
     app.register_blueprint(public_bp)
     app.register_blueprint(editors_bp)
@@ -165,18 +141,3 @@ def _load_webhook_key(state: WebState) -> None:
         state.webhook_key_error = f"webhook_public_key: not a valid ECDSA public key ({exc})"
         log.error(state.webhook_key_error)
 
-
-def web_state() -> WebState:
-    from flask import current_app
-    return current_app.extensions["newsletter"]
-
-
-def get_ctx() -> Context:
-    """This request's Context: the config, the app's segments, and a Store opened on first use."""
-    ctx = g.get("newsletter_ctx")
-    if ctx is None:
-        state = web_state()
-        ctx = Context(state.config)
-        ctx.__dict__["segments"] = state.segments  # loaded once by the app
-        g.newsletter_ctx = ctx
-    return ctx

@@ -12,14 +12,14 @@ from flask import Blueprint, Response, abort, flash, make_response, redirect, re
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import lifecycle
-from ..digest import Period
-from ..ingest_subscribers import SubscriberError, normalise_email
-from ..messengers import FatalSendError
+from ..model import FatalSendError
 from ..preview import PREVIEW_VALUES
 from ..render import RenderError
+from ..select import Period
 from ..settings import ConfigError
-from .app import EMAIL_CSP, get_ctx, web_state
+from ..sources.subscribers import SubscriberError, normalise_email
 from .security import csrf_token, current_editor, login_required, safe_next
+from .state import EMAIL_CSP, get_ctx, web_state
 
 log = logging.getLogger("newsletter.web")
 bp = Blueprint("editor", __name__, url_prefix="/editor")
@@ -44,7 +44,7 @@ def login() -> Any:
     if request.method == "GET":
         if current_editor():
             return redirect(next_url or url_for("editor.issues"))
-        return render_template("login.html", next=next_url, error=None, name="")
+        return render_template("editor/login.html", next=next_url, error=None, name="")
     name = request.form.get("name", "").strip()
     password = request.form.get("password", "")
     ip = request.remote_addr or "unknown"
@@ -53,7 +53,7 @@ def login() -> Any:
         minutes = max(1, math.ceil(wait / 60))
         log.warning("login throttled: name=%r ip=%s", name, ip)
         response = make_response(render_template(
-            "login.html", next=next_url, name=name,
+            "editor/login.html", next=next_url, name=name,
             error=f"Too many failed attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}."), 429)
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response
@@ -63,7 +63,7 @@ def login() -> Any:
         state.login_names.hit(name.lower())
         state.login_ips.hit(ip)
         log.warning("login failed: name=%r ip=%s", name, ip)
-        return render_template("login.html", next=next_url, name=name, error="Wrong name or password."), 401
+        return render_template("editor/login.html", next=next_url, name=name, error="Wrong name or password."), 401
     state.login_names.clear(name.lower())
     session.clear()  # a fresh session (and CSRF token) for the logged-in editor
     session["editor"] = name
@@ -89,7 +89,7 @@ def issues() -> str:
     for row in rows:
         row["counts"] = store.delivery_counts(row["id"])
         row["period_label"] = Period.from_key(row["period"]).label
-    return render_template("issues.html", issues=rows, segments=web_state().segments)
+    return render_template("editor/issues.html", issues=rows, segments=web_state().segments)
 
 
 def load_issue(issue_id: int) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def issue(issue_id: int) -> str:
     rendered, error = render_for_preview(row)
     html, text = rendered.personalise(PREVIEW_VALUES) if rendered else ("", "")
     size_kb = len(html.encode()) / 1024
-    return render_template("issue.html", issue=row, rendered=rendered, error=error, text=text, size_kb=size_kb,
+    return render_template("editor/issue.html", issue=row, rendered=rendered, error=error, text=text, size_kb=size_kb,
                            widths=WIDTHS, summaries=store.issue_summaries(issue_id),
                            counts=store.delivery_counts(issue_id),
                            period_label=Period.from_key(row["period"]).label,
@@ -193,4 +193,4 @@ def send_test(issue_id: int) -> Any:
 @bp.get("/summaries")
 @login_required
 def summaries() -> str:
-    return render_template("summaries.html", summaries=get_ctx().store.summaries())
+    return render_template("editor/summaries.html", summaries=get_ctx().store.summaries())

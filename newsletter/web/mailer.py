@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..messengers import FatalSendError, Notice, send_notice
+from ..messengers import send_notice
+from ..model import FatalSendError, Notice
 
 
 class MailError(Exception):

@@ -14,14 +14,15 @@ from typing import Any, Iterable
 from flask import (Blueprint, Response, abort, flash, make_response, redirect, render_template, request,
                    url_for)
 
-from ..ingest_subscribers import SubscriberError, normalise_email
+from ..model import SUPPRESSED
 from ..segments import CADENCES
-from ..store import SUPPRESSED, now_iso
+from ..sources.subscribers import SubscriberError, normalise_email
+from ..store import now_iso
 from ..tokens import TokenError
 from . import mailer
-from .app import EMAIL_CSP, get_ctx, web_state
 from .rendering import ARCHIVE_TOKEN, ARCHIVE_VALUES, topics_for_variant
 from .security import csrf_exempt, csrf_valid
+from .state import EMAIL_CSP, get_ctx, web_state
 
 log = logging.getLogger("newsletter.web")
 bp = Blueprint("public", __name__)
@@ -104,7 +105,7 @@ def subscribe() -> Any:
     state = web_state()
     topics_allowed = known_topics()
     if request.method == "GET":
-        return render_template("subscribe.html", values={"topics": []}, errors={},
+        return render_template("public/subscribe.html", values={"topics": []}, errors={},
                                options=form_options(topics_allowed))
     choices, errors = read_choices(request.form, topics_allowed)
     raw_email = request.form.get("email", "")
@@ -117,7 +118,7 @@ def subscribe() -> Any:
         errors["consent"] = "Tick the box to agree, or we cannot send you the digest."
     if errors:
         values = {**choices, "email": raw_email.strip(), "consent": request.form.get("consent") == "yes"}
-        return render_template("subscribe.html", values=values, errors=errors,
+        return render_template("public/subscribe.html", values=values, errors=errors,
                                options=form_options(topics_allowed)), 400
     ip = request.remote_addr or "unknown"
     if state.subscribe_ips.blocked(ip):
@@ -135,7 +136,7 @@ def subscribe() -> Any:
     if subscriber["status"] != "complained" and not state.subscribe_addresses.blocked(email):
         state.subscribe_addresses.hit(email)
         send_confirmation(subscriber)
-    return render_template("check_inbox.html")
+    return render_template("public/check_inbox.html")
 
 
 def send_confirmation(subscriber: dict[str, Any]) -> None:
@@ -163,11 +164,11 @@ def confirm(token: str) -> Any:
     subscriber = subscriber_for("confirm", token)
     links = links_for(subscriber["id"])
     if request.method == "GET":
-        return render_template("confirm.html", subscriber=subscriber, done=subscriber["status"] == "active",
+        return render_template("public/confirm.html", subscriber=subscriber, done=subscriber["status"] == "active",
                                links=links)
     if subscriber["status"] != "active":
         get_ctx().store.set_subscriber_status(subscriber["id"], "active")
-    return render_template("confirm.html", subscriber=subscriber, done=True, links=links, just_confirmed=True)
+    return render_template("public/confirm.html", subscriber=subscriber, done=True, links=links, just_confirmed=True)
 
 
 # -- preferences ---------------------------------------------------------------
@@ -178,11 +179,11 @@ def preferences(token: str) -> Any:
     topics_allowed = known_topics(subscriber["topics"])
     links = links_for(subscriber["id"])
     if request.method == "GET":
-        return render_template("preferences.html", subscriber=subscriber, values=subscriber, errors={},
+        return render_template("public/preferences.html", subscriber=subscriber, values=subscriber, errors={},
                                options=form_options(topics_allowed), links=links, token=token)
     choices, errors = read_choices(request.form, topics_allowed)
     if errors:
-        return render_template("preferences.html", subscriber=subscriber, values=choices, errors=errors,
+        return render_template("public/preferences.html", subscriber=subscriber, values=choices, errors=errors,
                                options=form_options(topics_allowed), links=links, token=token), 400
     get_ctx().store.update_preferences(subscriber["id"], choices["segment"], choices["cadence"], choices["topics"])
     flash("Your preferences are saved.")
@@ -230,10 +231,10 @@ def download(token: str) -> Response:
 def delete(token: str) -> Any:
     subscriber = subscriber_for("preferences", token)
     if request.method == "GET":
-        return render_template("delete.html", subscriber=subscriber, token=token)
+        return render_template("public/delete.html", subscriber=subscriber, token=token)
     store = get_ctx().store
     store.remove_subscriber(subscriber["email"], reason="deleted by the subscriber")
-    return render_template("deleted.html")
+    return render_template("public/deleted.html")
 
 
 # -- unsubscribe ---------------------------------------------------------------
@@ -247,7 +248,7 @@ def unsubscribe(token: str) -> Any:
                                "Go back, reload the page and try again.")
     if token == ARCHIVE_TOKEN or request.method == "GET":
         subscriber = subscriber_for("unsubscribe", token)
-        return render_template("unsubscribe.html", subscriber=subscriber, token=token,
+        return render_template("public/unsubscribe.html", subscriber=subscriber, token=token,
                                links=links_for(subscriber["id"]))
     try:
         subscriber_id = web_state().tokens.verify("unsubscribe", token)
@@ -261,7 +262,7 @@ def unsubscribe(token: str) -> Any:
     if one_click:
         return Response("Unsubscribed.\n", mimetype="text/plain")
     links = links_for(subscriber_id) if subscriber is not None else None
-    return render_template("unsubscribed.html", links=links)
+    return render_template("public/unsubscribed.html", links=links)
 
 
 # -- archive -------------------------------------------------------------------

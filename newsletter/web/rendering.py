@@ -11,8 +11,9 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from ..digest import DigestRunner, topic_key
-from ..render import Rendered, recipient_values
+from ..model import Rendered, recipient_values
+from ..render import variants_of
+from ..select import topic_key
 
 #: What the links of the public web copy carry instead of a reader's tokens.
 ARCHIVE_TOKEN = "web-copy"
@@ -33,7 +34,7 @@ class RenderCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        rendered = DigestRunner(ctx.config, ctx.store, ctx.segments).variant_renderer(issue)(topics)
+        rendered = variants_of(ctx, issue)(topics)
         with self._lock:
             self._items[key] = rendered
             while len(self._items) > self.size:

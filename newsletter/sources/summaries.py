@@ -10,8 +10,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import urllib.error
-import urllib.request
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,6 +17,8 @@ from typing import Any, Iterable
 import feedparser
 import frontmatter
 import yaml
+
+from .fetch import FetchError, fetch_url
 
 FIELDS = ("title", "slug", "published", "teaser", "findings", "patients", "caregivers", "clinicians",
           "limitations", "source_url", "journal", "doi", "topics", "url")
@@ -33,7 +33,6 @@ HEADINGS = {
     "limitations": "limitations",
 }
 DOI_RE = re.compile(r"^10\.\d{4,9}/\S+$")
-FEED_TIMEOUT = 20
 
 
 class IngestError(Exception):
@@ -195,13 +194,10 @@ def read_source(source: str) -> list[dict[str, Any]]:
     """One path or http(s) URL -> its summaries, chosen by suffix or content."""
     if re.match(r"^https?://", source):
         try:
-            with urllib.request.urlopen(source, timeout=FEED_TIMEOUT) as resp:
-                return parse_feed(resp.read(), source)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            raise IngestError(f"{source}: url: could not fetch: HTTP {exc.code} {exc.reason}") from None
-        except (OSError, ValueError) as exc:  # ValueError: a malformed URL
-            raise IngestError(f"{source}: url: could not fetch: {exc}") from None
+            content = fetch_url(source)
+        except FetchError as exc:
+            raise IngestError(str(exc)) from None
+        return parse_feed(content, source)
     path = Path(source)
     if path.is_dir():
         raise IngestError(f"{source}: path: is a folder (pass its files, e.g. {source}/*.md)")

@@ -1,4 +1,4 @@
-"""`newsletter serve` and `newsletter editors add`: thin commands over the web app and the config file.
+"""`newsletter serve` and `newsletter editors add`: thin commands over the web app and `config_edit`.
 
 Flask and waitress are imported inside the commands, so other commands start
 without them.
@@ -6,24 +6,19 @@ without them.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-import tomllib
 from pathlib import Path
 
 import click
 
+from ..config_edit import set_editor
 from ..context import Context
 from ..segments import SegmentError
 from ..settings import ConfigError
-
-pass_ctx = click.make_pass_decorator(Context)
+from .common import pass_ctx
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_PASSWORD = 12
-TABLE_RE = re.compile(r"^\s*\[\s*editors\s*\]\s*(#.*)?$")
-HEADER_RE = re.compile(r"^\s*\[")
 
 
 def _config(ctx: Context):
@@ -54,7 +49,7 @@ def serve(ctx: Context, host: str, port: int, threads: int, trusted_proxy: str |
     """
     import waitress
 
-    from . import create_app
+    from ..web import create_app
 
     config = _config(ctx)
     try:
@@ -98,61 +93,8 @@ def editors_add(ctx: Context, name: str) -> None:
     password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     if len(password) < MIN_PASSWORD:
         raise click.ClickException(f"the password needs at least {MIN_PASSWORD} characters; nothing was changed")
-    replaced = set_editor(Path(source), name, generate_password_hash(password))
+    try:
+        replaced = set_editor(Path(source), name, generate_password_hash(password))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{'changed the password of' if replaced else 'added'} editor {name} in {source}")
-
-
-def set_editor(path: Path, name: str, password_hash: str) -> bool:
-    """Put `name = "hash"` in the [editors] table, changing no other line; returns whether it replaced one."""
-    raw = path.read_bytes()
-    text = raw.decode("utf-8")
-    newline = "\r\n" if "\r\n" in text else "\n"
-    lines = text.splitlines(keepends=True)
-    entry = f'{name} = "{password_hash}"{newline}'
-    key_re = re.compile(rf"""^\s*(?:{re.escape(name)}|"{re.escape(name)}"|'{re.escape(name)}')\s*=""")
-    start = next((i for i, line in enumerate(lines) if TABLE_RE.match(line.rstrip("\r\n"))), None)
-    replaced = False
-    if start is None:
-        if lines and not lines[-1].endswith(("\n", "\r")):
-            lines[-1] += newline
-        lines += [newline, f"[editors]{newline}", entry]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if HEADER_RE.match(lines[i])), len(lines))
-        existing = next((i for i in range(start + 1, end) if key_re.match(lines[i])), None)
-        if existing is not None:
-            lines[existing] = entry
-            replaced = True
-        else:
-            # after the table's last entry (before trailing blank lines and comments of the next table)
-            at = start + 1
-            for i in range(start + 1, end):
-                if "=" in lines[i] and not lines[i].lstrip().startswith("#"):
-                    at = i + 1
-            if at > 0 and not lines[at - 1].endswith(("\n", "\r")):
-                lines[at - 1] += newline
-            lines.insert(at, entry)
-    new_text = "".join(lines)
-    try:
-        written = tomllib.loads(new_text).get("editors", {})
-    except tomllib.TOMLDecodeError as exc:
-        raise click.ClickException(f"{path}: the [editors] table could not be updated safely: {exc}") from None
-    if written.get(name) != password_hash:
-        raise click.ClickException(f"{path}: the [editors] table could not be updated safely")
-    _write_atomically(path, new_text.encode("utf-8"))
-    return replaced
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    mode = path.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
-from .segments import CADENCES
-from .store import SUBSCRIBER_STATUSES
+from ..model import SUBSCRIBER_STATUSES
+from ..segments import CADENCES
 
 CSV_COLUMNS = ("email", "name", "segment", "cadence", "topics", "status")
 
@@ -87,6 +88,15 @@ def read_csv(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str
         seen[rec["email"]] = line
         result.good.append(rec)
     return result
+
+
+def read_csv_file(path: Path, segments: Iterable[str]) -> CsvResult:
+    """A CSV file as UTF-8 (a byte-order mark is fine), or a one-line error naming it."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            return read_csv(fh, segments, where=str(path))
+    except UnicodeDecodeError:
+        raise SubscriberError(f"{path}: encoding: not UTF-8 text (save the CSV as UTF-8)") from None
 
 
 def write_csv(rows: Iterable[dict[str, Any]]) -> str:

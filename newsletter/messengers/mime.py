@@ -17,8 +17,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, localtime
 from urllib.parse import urlsplit
 
-from .messengers.base import Envelope, Notice, Sender
-from .render import Rendered
+from ..model import Envelope, Notice, Rendered, Sender
 
 POLICY = email.policy.SMTP.clone(linesep="\n")
 _CACHE_LIMIT = 64

@@ -1,0 +1,96 @@
+"""`newsletter digest run` and `newsletter status`: the cron job, and what it left."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import lifecycle
+from ..context import Context
+from ..digest import DigestRunner, LockBusy, RunReport
+from ..progress import progress_callbacks
+from .common import cadence_option, handle_errors, now_option, parse_now, pass_ctx, segment_option
+
+
+@click.group()
+def digest() -> None:
+    """Build and send digests."""
+
+
+@digest.command("run")
+@cadence_option("Which digest to build for the current period.")
+@now_option("Pretend it is this moment (tests, backfills).")
+@segment_option("Only build this segment's issue (sending covers every approved issue).")
+@click.option("--send-only", is_flag=True, help="Build nothing; send issues already approved.")
+@click.option("--no-send", is_flag=True, help="Build issues but send nothing.")
+@click.option("--retry-unknown", is_flag=True,
+              help="Send again deliveries whose outcome is unknown (may mail some people twice).")
+@click.option("--retry-failed", is_flag=True, help="Send again deliveries the provider refused or that gave up.")
+@click.option("--lock-wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="How long to queue behind another run (default: 3600 when building, 0 with --send-only).")
+@pass_ctx
+@handle_errors
+def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | None, send_only: bool,
+               no_send: bool, retry_unknown: bool, retry_failed: bool, lock_wait: float | None) -> None:
+    """Build this period's issue per segment and send approved issues.
+
+    Safe to run twice: a period's issue is built once, and no delivery is
+    sent twice. A build queues behind a run already holding the lock; a
+    --send-only run finding the lock taken leaves the work to its holder.
+    Exits non-zero when anything failed or is unknown.
+
+    \b
+    Example (cron, Monday 07:00):
+        newsletter --config /srv/newsletter/newsletter.toml digest run --cadence weekly
+    """
+    now = parse_now(now_text)
+    with progress_callbacks() as (on_issue, on_progress):
+        runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
+                              on_issue=on_issue, on_progress=on_progress,
+                              on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts))
+        try:
+            report = runner.run(None if send_only else cadence, now, send=not no_send, retry_unknown=retry_unknown,
+                                retry_failed=retry_failed, segment=segment, lock_wait=lock_wait)
+        except LockBusy as exc:
+            if not send_only:
+                raise
+            # The holder sends whatever this run would have sent: not a failure.
+            click.echo(str(exc), err=True)
+            return
+    print_report(report)
+    if report.tally.needs_attention:
+        sys.exit(1)
+
+
+@click.command()
+@pass_ctx
+@handle_errors
+def status(ctx: Context) -> None:
+    """What went out, what waits, and what needs attention."""
+    st = lifecycle.status(ctx)
+    click.echo("Latest issue per segment and cadence:")
+    for i in st.latest:
+        click.echo(f"  {i['segment']:<11} {i['cadence']:<8} issue {i['id']} {i['period']} {i['status']}")
+    if not st.latest:
+        click.echo("  none yet")
+    click.echo("Deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(st.deliveries.items())) or "none"))
+    click.echo("Subscribers: " + (", ".join(f"{k} {v}" for k, v in sorted(st.subscribers.items())) or "none"))
+    for d in st.drafts:
+        click.echo(f"Waiting for approval: issue {d['id']} ({d['segment']} {d['cadence']} {d['period']})")
+    for a in st.attention:
+        hint = "see `issues show`; resend only with --retry-unknown" if a["status"] == "unknown" else a["example"]
+        click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
+
+
+def print_report(report: RunReport) -> None:
+    for issue in report.created:
+        click.echo(f"issue {issue['id']}: {issue['segment']} {issue['cadence']} {issue['period']}, "
+                   f"{issue['summaries']} summaries ({issue['status']})")
+    for name in report.empty:
+        click.echo(f"{name}: no new summaries, no issue")
+    for reason, count in report.tally.errors.most_common(10):
+        click.echo(f"  {count} x {reason}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(report.tally.line())

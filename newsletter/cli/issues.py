@@ -1,0 +1,108 @@
+"""`newsletter issues`: list, inspect, approve, cancel, correct, send and test-send issues."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import lifecycle
+from ..context import Context
+from ..digest import DigestRunner
+from ..model import ISSUE_STATUSES
+from ..progress import progress_callbacks
+from .common import handle_errors, pass_ctx
+from .digest import print_report
+
+
+@click.group()
+def issues() -> None:
+    """List, inspect, approve, cancel and send issues."""
+
+
+@issues.command("list")
+@click.option("--status", type=click.Choice(ISSUE_STATUSES),
+              help="Only issues in this state.")
+@pass_ctx
+@handle_errors
+def issues_list(ctx: Context, status: str | None) -> None:
+    """List issues, oldest first, with their delivery counts."""
+    for issue in ctx.store.issues(status=status):
+        counts = ctx.store.delivery_counts(issue["id"])
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no deliveries"
+        click.echo(f"{issue['id']:>5}  {issue['segment']:<11} {issue['cadence']:<8} {issue['period']:<9} "
+                   f"{issue['status']:<9} {shown}")
+
+
+@issues.command("show")
+@click.argument("issue_id", type=int)
+@pass_ctx
+@handle_errors
+def issues_show(ctx: Context, issue_id: int) -> None:
+    """Show an issue: status, summaries, deliveries."""
+    issue = ctx.store.get_issue(issue_id)
+    if issue is None:
+        raise click.ClickException(f"issue {issue_id}: no such issue")
+    click.echo(f"issue {issue['id']}: {issue['segment']} {issue['cadence']} {issue['period']} ({issue['status']})")
+    click.echo(f"created {issue['created_at']}, approved {issue['approved_at'] or '-'}, sent {issue['sent_at'] or '-'}")
+    for s in ctx.store.issue_summaries(issue_id):
+        mark = " [updated]" if s["is_update"] else ""
+        click.echo(f"  {s['published']}  {s['slug']}{mark}  {s['title']}")
+    for status_name, n in sorted(ctx.store.delivery_counts(issue_id).items()):
+        click.echo(f"  deliveries {status_name}: {n}")
+
+
+def _transition_command(name: str, status: str, doc: str) -> click.Command:
+    """approve and cancel: the same move through lifecycle.transition, to a different status."""
+    @issues.command(name, help=doc)
+    @click.argument("issue_id", type=int)
+    @pass_ctx
+    @handle_errors
+    def command(ctx: Context, issue_id: int) -> None:
+        lifecycle.transition(ctx, issue_id, status)
+        click.echo(f"issue {issue_id} {status}")
+    return command
+
+
+issues_approve = _transition_command("approve", "approved",
+                                     "Approve a draft; the next `digest run` (or `issues send`) sends it.")
+issues_cancel = _transition_command("cancel", "cancelled",
+                                    "Cancel a draft or approved issue; its summaries return to the pool for the next one.")
+
+
+@issues.command("add-update")
+@click.argument("issue_id", type=int)
+@click.argument("slug")
+@pass_ctx
+@handle_errors
+def issues_add_update(ctx: Context, issue_id: int, slug: str) -> None:
+    """Include the latest revision of an already-sent summary (a correction) in a draft, marked updated."""
+    summary = ctx.store.add_summary_to_issue(issue_id, slug)
+    click.echo(f"issue {issue_id}: added {slug} revision {summary['revision']}")
+
+
+@issues.command("send")
+@click.argument("issue_id", type=int)
+@click.option("--retry-unknown", is_flag=True, help="Send again deliveries whose outcome is unknown.")
+@click.option("--retry-failed", is_flag=True, help="Send again deliveries the provider refused or that gave up.")
+@pass_ctx
+@handle_errors
+def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: bool) -> None:
+    """Send (or resume) one approved issue now."""
+    with progress_callbacks() as (on_issue, on_progress):
+        runner = DigestRunner(ctx.config, ctx.store, ctx.segments, on_issue=on_issue, on_progress=on_progress)
+        report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed)
+    print_report(report)
+    if report.tally.needs_attention:
+        sys.exit(1)
+
+
+@issues.command("test-send")
+@click.argument("issue_id", type=int)
+@click.option("--to", "address", required=True, help="Where the test copy goes.")
+@pass_ctx
+@handle_errors
+def issues_test_send(ctx: Context, issue_id: int, address: str) -> None:
+    """Send one copy marked [TEST] to an address; never recorded as a delivery."""
+    lifecycle.send_test(ctx, issue_id, address)
+    click.echo(f"test copy of issue {issue_id} sent to {address}")

@@ -1,0 +1,75 @@
+"""Changing one table of newsletter.toml (the editors' password hashes) without touching its other lines.
+
+Written by hand because tomllib only reads and the TOML writers re-format the
+whole file, losing the operator's comments; the result is re-parsed before it
+replaces the file, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from pathlib import Path
+
+from .settings import ConfigError
+
+TABLE_RE = re.compile(r"^\s*\[\s*editors\s*\]\s*(#.*)?$")
+HEADER_RE = re.compile(r"^\s*\[")
+
+
+def set_editor(path: Path, name: str, password_hash: str) -> bool:
+    """Put `name = "hash"` in the [editors] table, changing no other line; returns whether it replaced one."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8")
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = text.splitlines(keepends=True)
+    entry = f'{name} = "{password_hash}"{newline}'
+    key_re = re.compile(rf"""^\s*(?:{re.escape(name)}|"{re.escape(name)}"|'{re.escape(name)}')\s*=""")
+    start = next((i for i, line in enumerate(lines) if TABLE_RE.match(line.rstrip("\r\n"))), None)
+    replaced = False
+    if start is None:
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += newline
+        lines += [newline, f"[editors]{newline}", entry]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if HEADER_RE.match(lines[i])), len(lines))
+        existing = next((i for i in range(start + 1, end) if key_re.match(lines[i])), None)
+        if existing is not None:
+            lines[existing] = entry
+            replaced = True
+        else:
+            # after the table's last entry (before trailing blank lines and comments of the next table)
+            at = start + 1
+            for i in range(start + 1, end):
+                if "=" in lines[i] and not lines[i].lstrip().startswith("#"):
+                    at = i + 1
+            if at > 0 and not lines[at - 1].endswith(("\n", "\r")):
+                lines[at - 1] += newline
+            lines.insert(at, entry)
+    new_text = "".join(lines)
+    try:
+        written = tomllib.loads(new_text).get("editors", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: the [editors] table could not be updated safely: {exc}") from None
+    if written.get(name) != password_hash:
+        raise ConfigError(f"{path}: the [editors] table could not be updated safely")
+    _write_atomically(path, new_text.encode("utf-8"))
+    return replaced
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    mode = path.stat().st_mode & 0o777
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,166 @@
+"""The types every stage shares: statuses, placeholders, a rendered variant, what messengers take and give.
+
+It imports nothing of ours, so any stage may import it without pulling in
+another stage (a messenger needs `Rendered`, not Jinja, MJML and premailer).
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
+
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
+SUPPRESSED = ("unsubscribed", "bounced", "complained")
+ISSUE_STATUSES = ("draft", "approved", "sending", "sent", "cancelled")
+DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped")
+
+# -- personalisation -----------------------------------------------------------
+
+#: Per-recipient placeholders. They sit inside absolute URLs so premailer's
+#: base_url rewriting leaves them alone, and SendGrid substitutes them as is.
+UNSUB_TOKEN = "-nl-utok-"
+PREFS_TOKEN = "-nl-ptok-"
+GREETING_HTML = "-nl-hgreet-"
+GREETING_TEXT = "-nl-tgreet-"
+PLACEHOLDERS = (UNSUB_TOKEN, PREFS_TOKEN, GREETING_HTML, GREETING_TEXT)
+_PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(key) for key in PLACEHOLDERS) + ")")
+
+
+def defuse(text: str) -> str:
+    """Content must never contain a placeholder that substitution would fill."""
+    return text.replace("-nl-", "-n\u200cl-")
+
+
+def defuse_url(url: str) -> str:
+    """The same for a URL, kept equivalent: %2D is the percent-encoded hyphen."""
+    return url.replace("-nl-", "%2Dnl-")
+
+
+def greeting(name: str) -> tuple[str, str]:
+    """(html, text) greeting for one recipient."""
+    name = defuse(" ".join(name.split()))
+    text = f"Hello {name}," if name else "Hello,"
+    return htmllib.escape(text), text
+
+
+def recipient_values(unsubscribe_token: str, preferences_token: str, name: str) -> dict[str, str]:
+    """What fills one copy's placeholders: the two link tokens and the greeting."""
+    ghtml, gtext = greeting(name)
+    return {UNSUB_TOKEN: unsubscribe_token, PREFS_TOKEN: preferences_token, GREETING_HTML: ghtml,
+            GREETING_TEXT: gtext}
+
+
+@dataclass
+class Rendered:
+    """One rendered variant of an issue, with placeholders left for each recipient."""
+    issue_id: int
+    segment: str
+    cadence: str
+    variant: str
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    summary_ids: list[int]
+    full_cards: int
+    _split: dict[str, tuple[str, list[str]]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def personalise(self, values: Mapping[str, str]) -> tuple[str, str]:
+        """Fill this recipient's tokens and greeting: string substitution only, no template work.
+
+        Each part is split at its placeholders once (and again only if the part is replaced), so a
+        recipient costs one join per part instead of a scan per placeholder."""
+        return _fill(self._pieces("html"), values), _fill(self._pieces("text"), values)
+
+    def _pieces(self, part: str) -> list[str]:
+        content = getattr(self, part)
+        cached = self._split.get(part)
+        if cached is None or cached[0] is not content:
+            cached = self._split[part] = (content, _PLACEHOLDER_RE.split(content))
+        return cached[1]
+
+
+#: Given a subscriber's topics (and slugs they already received elsewhere), their variant (None: nothing left).
+VariantFor = Callable[..., "Rendered | None"]
+
+
+def _fill(pieces: list[str], values: Mapping[str, str]) -> str:
+    """Odd positions of a placeholder split are the placeholders themselves."""
+    return "".join(values[piece] if i % 2 else piece for i, piece in enumerate(pieces))
+
+
+# -- what messengers take and give -----------------------------------------------
+
+@dataclass(slots=True)
+class Envelope:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    values: dict[str, str]  # placeholder -> this recipient's value
+    unsubscribe_url: str
+
+
+@dataclass
+class Outcome:
+    status: str  # sent | failed | unknown
+    delivery_ids: list[int]
+    provider_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Sender:
+    email: str
+    name: str = ""
+    reply_to: str = ""
+    site_url: str = ""
+
+
+@dataclass
+class Notice:
+    """A one-off message outside any issue (sign-up confirmation, editors' notice).
+
+    Plain text, no List-Unsubscribe (the reader is not on a list for it), no
+    tracking, and never a delivery in the ledger.
+    """
+    to: str
+    subject: str
+    text: str
+    category: str = "notice"
+
+
+class FatalSendError(Exception):
+    """Stop the whole run (bad credentials, forbidden): nothing of the batch was accepted.
+
+    The dispatcher puts the whole batch back to pending when it sees this, so a
+    messenger raises it only while nothing of the current batch has gone out.
+    Once part of a batch went out, it returns the outcomes it has (the rest
+    failed, with the reason) and raises at the start of its next `send`.
+    """
+
+
+class Messenger(Protocol):
+    """The one protocol every messenger implements; the dispatcher sees nothing else."""
+    name: str
+    batch_size: int
+
+    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
+
+    def send_notice(self, notice: Notice) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+def stop_mid_batch(exc: FatalSendError, outcomes: list[Outcome], not_attempted: Iterable[int]) -> Outcome:
+    """The rule for a fatal error (refused credentials) in the middle of a batch.
+
+    If nothing of the batch was handed over, re-raise: the dispatcher puts the
+    batch back to pending. Otherwise what went out must be recorded, so the rest
+    is reported failed and the caller raises `exc` at its next batch.
+    """
+    if all(o.status == "failed" for o in outcomes):
+        raise exc
+    return Outcome("failed", list(not_attempted), error=f"{exc} (not attempted: the run stopped)")

@@ -1,0 +1,31 @@
+"""Provider events (webhooks, later bounce mail): each stored once, and the delivery timestamps they set."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .connection import Tables, now_iso
+
+
+class Events(Tables):
+    def record_event(self, provider: str, event: dict[str, Any]) -> bool:
+        """Store a webhook event once; returns False for a replay."""
+        with self.transaction() as conn:
+            cur = conn.execute("""INSERT OR IGNORE INTO events (provider, event_id, type, email, issue_id,
+                                  subscriber_id, occurred_at, payload, received_at)
+                                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               (provider, event["event_id"], event["type"], event.get("email"),
+                                event.get("issue_id"), event.get("subscriber_id"), event.get("occurred_at"),
+                                json.dumps(event.get("payload", {}), sort_keys=True), now_iso()))
+            return cur.rowcount == 1
+
+    def has_event(self, provider: str, event_id: str) -> bool:
+        return bool(self.query("SELECT 1 FROM events WHERE provider = ? AND event_id = ?", (provider, event_id)))
+
+    def mark_delivery_event(self, issue_id: int, subscriber_id: int, column: str, when: str) -> None:
+        if column not in ("delivered_at", "opened_at", "clicked_at"):
+            raise ValueError(f"column: not a delivery event column: {column}")
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE deliveries SET {column} = COALESCE({column}, ?) "
+                         "WHERE issue_id = ? AND subscriber_id = ?", (when, issue_id, subscriber_id))

@@ -1,0 +1,157 @@
+"""The delivery ledger: a row per (issue, subscriber), written before anything is sent.
+
+pending -> sending (claimed, committed, only while the subscriber is active)
+-> sent | failed | unknown; skipped for readers gone or with nothing left.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator, Sequence
+
+from ..model import DELIVERY_STATUSES
+from .connection import Tables, now_iso
+
+
+class Ledger(Tables):
+    def plan_deliveries(self, issue_id: int) -> int:
+        """Write a pending row for every active subscriber of the issue's audience.
+
+        Only when the issue leaves `approved`, in the same transaction: a resumed
+        run sends to the audience as it was planned, not to later sign-ups.
+        """
+        now = now_iso()
+        with self.transaction() as conn:
+            issue = conn.execute("SELECT * FROM issues WHERE id = ?", (issue_id,)).fetchone()
+            if issue is None or issue["status"] != "approved":
+                return 0
+            cur = conn.execute("""INSERT OR IGNORE INTO deliveries (issue_id, subscriber_id, status, created_at, updated_at)
+                                  SELECT ?, id, 'pending', ?, ? FROM subscribers
+                                  WHERE segment = ? AND cadence = ? AND status = 'active' ORDER BY id""",
+                               (issue_id, now, now, issue["segment"], issue["cadence"]))
+            conn.execute("UPDATE issues SET status = 'sending' WHERE id = ?", (issue_id,))
+            return cur.rowcount
+
+    def resolve_interrupted(self, issue_id: int, retry_unknown: bool = False,
+                            retry_failed: bool = False) -> dict[str, int]:
+        """Deliveries left in `sending` by a dead run may have gone out: mark them unknown.
+
+        With retry_unknown (the operator's explicit choice) unknown rows go back to
+        pending; with retry_failed, failed ones (a provider refused them: safe to retry).
+        """
+        now = now_iso()
+        with self.transaction() as conn:
+            interrupted = conn.execute("""UPDATE deliveries SET status = 'unknown', updated_at = ?,
+                                          error = 'interrupted while sending: may or may not have been delivered'
+                                          WHERE issue_id = ? AND status = 'sending'""", (now, issue_id)).rowcount
+            retried = 0
+            for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)):
+                if wanted:
+                    retried += conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?, error = NULL
+                                               WHERE issue_id = ? AND status = ?""", (now, issue_id, status)).rowcount
+            if retried:
+                conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
+        return {"interrupted": interrupted, "retried": retried}
+
+    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[dict[str, Any]]]:
+        """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
+
+        The unary `+` keeps SQLite on the rowid range (an issue's rows are
+        contiguous by id) instead of re-reading the issue's whole index per page.
+        """
+        after = 0
+        while True:
+            rows = self.conn.execute("""
+                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status
+                FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
+                WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
+                ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
+            if not rows:
+                return
+            after = rows[-1]["delivery_id"]
+            yield [dict(r) for r in rows]
+
+    def mark_deliveries(self, ids: Sequence[int], status: str, *, provider_id: str | None = None,
+                        error: str | None = None, expect: str | None = None) -> int:
+        """One statement per batch (ids passed as a JSON array): the ledger is written per batch, not per row."""
+        if status not in DELIVERY_STATUSES:
+            raise ValueError(f"status: unknown delivery status {status!r}")
+        if not ids:
+            return 0
+        sql = ("UPDATE deliveries SET status = ?, updated_at = ?, provider_id = COALESCE(?, provider_id), error = ? "
+               "WHERE id IN (SELECT value FROM json_each(?))")
+        params: list[Any] = [status, now_iso(), provider_id, error, json.dumps(list(ids))]
+        if expect:
+            sql += " AND status = ?"
+            params.append(expect)
+        with self.transaction() as conn:
+            return conn.execute(sql, params).rowcount
+
+    def claim_for_sending(self, ids: Sequence[int], batch_id: str) -> set[int]:
+        """pending -> sending for rows whose subscriber is still active, checked at the last moment;
+        the others (unsubscribed, bounced, deleted while buffered) become skipped. Returns the claimed ids."""
+        now = now_iso()
+        id_list = json.dumps(list(ids))
+        with self.transaction() as conn:
+            moved = conn.execute(
+                """UPDATE deliveries SET status = 'sending', batch_id = ?, updated_at = ?
+                   WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
+                   AND (SELECT status FROM subscribers s WHERE s.id = deliveries.subscriber_id) = 'active'""",
+                (batch_id, now, id_list)).rowcount
+            if moved == len(ids):  # the usual case: no need to read back which ones
+                return set(ids)
+            claimed = {row[0] for row in conn.execute(
+                "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)) AND batch_id = ? "
+                "AND status = 'sending'", (id_list, batch_id))}
+            conn.execute("""UPDATE deliveries SET status = 'skipped', updated_at = ?,
+                            error = 'subscriber no longer active' WHERE id IN (SELECT value FROM json_each(?))
+                            AND status = 'pending'""", (now, id_list))
+        return claimed
+
+    def finish_issue_if_done(self, issue_id: int) -> bool:
+        """An issue is sent once nothing of it is pending or sending."""
+        with self.transaction() as conn:
+            open_rows = conn.execute("""SELECT COUNT(*) FROM deliveries WHERE issue_id = ?
+                                        AND status IN ('pending', 'sending')""", (issue_id,)).fetchone()[0]
+            if open_rows:
+                return False
+            conn.execute("UPDATE issues SET status = 'sent', sent_at = COALESCE(sent_at, ?) "
+                         "WHERE id = ? AND status = 'sending'", (now_iso(), issue_id))
+            return True
+
+    def delivery_counts(self, issue_id: int | None = None) -> dict[str, int]:
+        sql = "SELECT status, COUNT(*) AS n FROM deliveries"
+        params: tuple = ()
+        if issue_id is not None:
+            sql += " WHERE issue_id = ?"
+            params = (issue_id,)
+        return {r["status"]: r["n"] for r in self.query(sql + " GROUP BY status", params)}
+
+    def deliveries(self, issue_id: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        sql = """SELECT d.*, s.email FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
+                 WHERE 1=1"""
+        params: list[Any] = []
+        if issue_id is not None:
+            sql += " AND d.issue_id = ?"
+            params.append(issue_id)
+        if status:
+            sql += " AND d.status = ?"
+            params.append(status)
+        return self.query(sql + " ORDER BY d.id", params)
+
+    def deliveries_needing_attention(self) -> list[dict[str, Any]]:
+        return self.query("""SELECT issue_id, status, COUNT(*) AS n, MAX(error) AS example FROM deliveries
+                             WHERE status IN ('unknown', 'failed') GROUP BY issue_id, status ORDER BY issue_id""")
+
+    def already_received(self, issue_id: int) -> dict[int, frozenset[str]]:
+        """For readers of this issue who changed segment or cadence: the slugs other issues brought them."""
+        found: dict[int, set[str]] = {}
+        for row in self.conn.execute("""
+                SELECT sub.id, s.slug FROM subscribers sub
+                JOIN deliveries d ON d.issue_id = ? AND d.subscriber_id = sub.id AND d.status = 'pending'
+                JOIN deliveries d2 ON d2.subscriber_id = sub.id AND d2.issue_id != d.issue_id
+                                  AND d2.status IN ('sent', 'sending', 'unknown')
+                JOIN issue_summaries x ON x.issue_id = d2.issue_id JOIN summaries s ON s.id = x.summary_id
+                WHERE sub.audience_changed_at IS NOT NULL""", (issue_id,)):
+            found.setdefault(row[0], set()).add(row[1])
+        return {sid: frozenset(slugs) for sid, slugs in found.items()}

@@ -1,0 +1,154 @@
+"""Subscribers and the suppression list: one address, one subscriber; a removed address stays as a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable
+
+from ..model import SUBSCRIBER_STATUSES, SUPPRESSED
+from .connection import Tables, decode_topics, now_iso
+
+#: SET clause (params: new segment, new cadence, now) stamping a change of audience; SET reads old values.
+AUDIENCE_CHANGED = ("audience_changed_at = CASE WHEN segment != ? OR cadence != ? THEN ? "
+                    "ELSE audience_changed_at END")
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+class Subscribers(Tables):
+    def get_subscriber(self, email: str | None = None, id: int | None = None) -> dict[str, Any] | None:
+        if id is not None:
+            rows = self.query("SELECT * FROM subscribers WHERE id = ?", (id,))
+        else:
+            rows = self.query("SELECT * FROM subscribers WHERE email = ?", (email,))
+        return decode_topics(rows[0]) if rows else None
+
+    def is_suppressed(self, email: str) -> bool:
+        return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(email),)))
+
+    def upsert_subscribers(self, records: Iterable[dict[str, Any]]) -> dict[str, int]:
+        """Add or update subscribers in one transaction.
+
+        An address that unsubscribed, bounced, complained or was removed is never
+        made active again by an import: only its own confirmation can do that.
+        """
+        counts = {"added": 0, "updated": 0, "kept_suppressed": 0}
+        now = now_iso()
+        with self.transaction() as conn:
+            for rec in records:
+                topics = json.dumps(list(rec.get("topics") or []), ensure_ascii=False)
+                existing = conn.execute("SELECT id, status FROM subscribers WHERE email = ?",
+                                        (rec["email"],)).fetchone()
+                status = rec.get("status") or (existing["status"] if existing else "pending")
+                suppressed = existing["status"] in SUPPRESSED if existing else bool(conn.execute(
+                    "SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(rec["email"]),)).fetchone())
+                if suppressed and status not in SUPPRESSED:
+                    status = existing["status"] if existing else "unsubscribed"
+                    counts["kept_suppressed"] += 1
+                if existing is None:
+                    conn.execute("""INSERT INTO subscribers (email, name, segment, cadence, topics, status,
+                                    created_at, updated_at, confirmed_at, unsubscribed_at)
+                                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                 (rec["email"], rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly",
+                                  topics, status, now, now, now if status == "active" else None,
+                                  now if status in SUPPRESSED else None))
+                    counts["added"] += 1
+                else:
+                    conn.execute(f"""UPDATE subscribers SET {AUDIENCE_CHANGED}, name = ?, segment = ?, cadence = ?,
+                                    topics = ?, status = ?, updated_at = ?,
+                                    confirmed_at = COALESCE(confirmed_at, CASE WHEN ? = 'active' THEN ? END),
+                                    unsubscribed_at = CASE WHEN ? IN ('unsubscribed','bounced','complained')
+                                                      THEN COALESCE(unsubscribed_at, ?) END
+                                    WHERE id = ?""",
+                                 (rec["segment"], rec.get("cadence") or "weekly", now,
+                                  rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly", topics,
+                                  status, now, status, now, status, now, existing["id"]))
+                    counts["updated"] += 1
+        return counts
+
+    def bulk_add_subscribers(self, rows: Iterable[tuple[str, str, str, str, str]], chunk: int = 10_000) -> int:
+        """Fast path for the benchmark: (email, name, segment, cadence, topics_json) rows, active, streamed."""
+        now = now_iso()
+        total = 0
+        batch: list[tuple] = []
+
+        def flush() -> None:
+            with self.transaction() as conn:
+                conn.executemany("""INSERT INTO subscribers (email, name, segment, cadence, topics, status,
+                                    created_at, updated_at, confirmed_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?)""",
+                                 batch)
+
+        for row in rows:
+            batch.append((*row, now, now, now))
+            if len(batch) >= chunk:
+                flush()
+                total += len(batch)
+                batch = []
+        if batch:
+            flush()
+            total += len(batch)
+        return total
+
+    def set_subscriber_status(self, subscriber_id: int, status: str) -> None:
+        if status not in SUBSCRIBER_STATUSES:
+            raise ValueError(f"status: unknown subscriber status {status!r}")
+        now = now_iso()
+        with self.transaction() as conn:
+            conn.execute("""UPDATE subscribers SET status = ?, updated_at = ?,
+                            confirmed_at = CASE WHEN ? = 'active' THEN COALESCE(confirmed_at, ?) ELSE confirmed_at END,
+                            unsubscribed_at = CASE WHEN ? IN ('unsubscribed','bounced','complained') THEN ? END
+                            WHERE id = ?""", (status, now, status, now, status, now, subscriber_id))
+            if status == "active":
+                row = conn.execute("SELECT email FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+                if row:
+                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(row["email"]),))
+
+    def update_preferences(self, subscriber_id: int, segment: str, cadence: str, topics: list[str]) -> None:
+        now = now_iso()
+        with self.transaction() as conn:
+            conn.execute(f"""UPDATE subscribers SET {AUDIENCE_CHANGED}, segment = ?, cadence = ?, topics = ?,
+                             updated_at = ? WHERE id = ?""",
+                         (segment, cadence, now, segment, cadence, json.dumps(topics), now, subscriber_id))
+
+    def remove_subscriber(self, email: str, reason: str = "removed") -> bool:
+        """Delete the person's data (events anonymised), keeping only a hash so no import re-adds them."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id FROM subscribers WHERE email = ?", (email,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM deliveries WHERE subscriber_id = ? AND status = 'pending'", (row["id"],))
+            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id WHERE subscriber_id = ?",
+                         (row["id"],))
+            conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
+            # Provider events stay (so a webhook retry is still a replay) but lose who they were about.
+            conn.execute("UPDATE events SET email = NULL, subscriber_id = NULL, payload = '{}' "
+                         "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, row["id"]))
+            conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at) VALUES (?, ?, ?)",
+                         (email_hash(email), reason, now_iso()))
+        return True
+
+    def subscribers(self, segment: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM subscribers WHERE 1=1", []
+        if segment:
+            sql += " AND segment = ?"
+            params.append(segment)
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        return [decode_topics(r) for r in self.query(sql + " ORDER BY id", params)]
+
+    def subscriber_counts(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM subscribers GROUP BY status")}
+
+    def subscriber_history(self, subscriber_id: int, email: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What a subscriber's data download holds besides their row: deliveries and provider events."""
+        deliveries = self.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
+                                          d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
+                                   FROM deliveries d JOIN issues i ON i.id = d.issue_id
+                                   WHERE d.subscriber_id = ? ORDER BY d.id""", (subscriber_id,))
+        events = self.query("""SELECT provider, type, occurred_at, received_at, payload FROM events
+                               WHERE subscriber_id = ? OR email = ? ORDER BY id""", (subscriber_id, email))
+        return deliveries, events

@@ -1,0 +1,104 @@
+"""Research summaries: imported by slug (else source URL), immutable once sent (a change becomes a revision)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .connection import Tables, decode_topics, now_iso
+
+SUMMARY_FIELDS = ("title", "published", "teaser", "findings", "patients", "caregivers", "clinicians",
+                  "limitations", "source_url", "journal", "doi", "topics", "url")
+
+
+def content_hash(record: dict[str, Any]) -> str:
+    data = json.dumps({k: record.get(k) for k in SUMMARY_FIELDS}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+@dataclass
+class ImportCounts:
+    inserted: int = 0
+    updated: int = 0
+    revised: int = 0
+    unchanged: int = 0
+
+
+class Summaries(Tables):
+    def upsert_summaries(self, records: Iterable[dict[str, Any]]) -> ImportCounts:
+        """Insert or update by slug (else source URL), all or nothing.
+
+        A summary that already went out in an issue is immutable: a changed
+        import becomes a new revision that selection treats as an update.
+        """
+        counts = ImportCounts()
+        now = now_iso()
+        with self.transaction() as conn:
+            for record in records:
+                slug = record.get("slug")
+                if not slug and record.get("source_url"):
+                    row = conn.execute("SELECT slug FROM summaries WHERE source_url = ? ORDER BY revision DESC",
+                                       (record["source_url"],)).fetchone()
+                    slug = row["slug"] if row else None
+                slug = slug or record["derived_slug"]
+                values = {k: record.get(k) or "" for k in SUMMARY_FIELDS}
+                values["topics"] = json.dumps(list(record.get("topics") or []), ensure_ascii=False)
+                values["content_hash"] = content_hash(values)
+                current = conn.execute("SELECT * FROM summaries WHERE slug = ? ORDER BY revision DESC LIMIT 1",
+                                       (slug,)).fetchone()
+                if current is None:
+                    self._insert_summary(conn, slug, 1, values, now)
+                    counts.inserted += 1
+                elif current["content_hash"] == values["content_hash"]:
+                    counts.unchanged += 1
+                elif self._summary_was_sent(conn, current["id"]):
+                    self._insert_summary(conn, slug, current["revision"] + 1, values, now)
+                    counts.revised += 1
+                else:
+                    sets = ", ".join(f"{k} = :{k}" for k in values)
+                    conn.execute(f"UPDATE summaries SET {sets}, imported_at = :now WHERE id = :id",
+                                 {**values, "now": now, "id": current["id"]})
+                    counts.updated += 1
+        return counts
+
+    @staticmethod
+    def _insert_summary(conn: sqlite3.Connection, slug: str, revision: int, values: dict, now: str) -> None:
+        cols = ["slug", "revision", *values, "imported_at"]
+        conn.execute(f"INSERT INTO summaries ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                     [slug, revision, *values.values(), now])
+
+    @staticmethod
+    def _summary_was_sent(conn: sqlite3.Connection, summary_id: int) -> bool:
+        row = conn.execute("""SELECT 1 FROM issue_summaries s JOIN issues i ON i.id = s.issue_id
+                              WHERE s.summary_id = ? AND i.status IN ('sending', 'sent') LIMIT 1""",
+                           (summary_id,)).fetchone()
+        return row is not None
+
+    def summaries(self, since: str | None = None, until: str | None = None,
+                  topic: str | None = None) -> list[dict[str, Any]]:
+        """Latest revision of each summary, newest first."""
+        sql = """SELECT s.* FROM summaries s
+                 WHERE s.revision = (SELECT MAX(revision) FROM summaries WHERE slug = s.slug)"""
+        params: list[Any] = []
+        if since:
+            sql += " AND s.published >= ?"
+            params.append(since)
+        if until:
+            sql += " AND s.published <= ?"
+            params.append(until)
+        sql += " ORDER BY s.published DESC, s.id DESC"
+        rows = [decode_topics(r) for r in self.query(sql, params)]
+        if topic:
+            rows = [r for r in rows if topic.lower() in (t.lower() for t in r["topics"])]
+        return rows
+
+    def sent_slugs(self, segment: str, cadence: str) -> set[str]:
+        """Slugs already carried by a live issue of this segment and cadence (any revision)."""
+        rows = self.conn.execute("""
+            SELECT DISTINCT s.slug FROM issue_summaries x
+            JOIN issues i ON i.id = x.issue_id JOIN summaries s ON s.id = x.summary_id
+            WHERE i.segment = ? AND i.cadence = ? AND i.status != 'cancelled'""", (segment, cadence))
+        return {r["slug"] for r in rows}
