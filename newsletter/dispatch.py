@@ -25,12 +25,13 @@ from .tokens import Tokens
 
 @dataclass
 class Tally:
+    """What a run did, in recipients: the line it ends with, and whether it exits non-zero."""
+    errors: Counter = field(default_factory=Counter)  # distinct reason -> recipients
     sent: int = 0
     failed: int = 0
     unknown: int = 0
     skipped: int = 0
     interrupted: int = 0
-    errors: Counter = field(default_factory=Counter)  # distinct reason -> recipients
 
     def add(self, other: "Tally") -> None:
         for name in ("sent", "failed", "unknown", "skipped", "interrupted"):

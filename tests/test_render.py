@@ -1,4 +1,4 @@
-"""The render stage (newsletter/render.py and templates/): content per segment, the disclaimer footer,
+"""The render stage (newsletter/render/ and templates/): content per segment, the disclaimer footer,
 escaping, the size cap, no network, and per-recipient substitution.
 
 Layout in a real browser is tested in test_render_browser.py; email-client support in test_caniemail.py.

@@ -43,6 +43,14 @@ def _text(resp: bytes | str) -> str:
     return resp.decode(errors="replace") if isinstance(resp, bytes) else str(resp)
 
 
+def _quietly(step: Callable[[], object]) -> None:
+    """Closing a channel that may already be dead: an error there changes nothing."""
+    try:
+        step()
+    except OSError:  # smtplib.SMTPException is an OSError
+        pass
+
+
 class SmtpMessenger:
     name = "smtp"
 
@@ -91,10 +99,7 @@ class SmtpMessenger:
 
     def _drop(self) -> None:
         if self.conn is not None:
-            try:
-                self.conn.close()
-            except OSError:
-                pass
+            _quietly(self.conn.close)
         self.conn = None
 
     def _rset(self, conn: smtplib.SMTP) -> None:
@@ -198,10 +203,7 @@ class SmtpMessenger:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
-                self.conn.quit()
-            except OSError:
-                pass
+            _quietly(self.conn.quit)
             self._drop()
 
 

@@ -30,6 +30,12 @@ def decode_topics(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def conditions(*pairs: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """" AND <clause>" for each (clause with one ?, value) whose value is given; the values as params."""
+    chosen = [(clause, value) for clause, value in pairs if value is not None and value != ""]
+    return "".join(f" AND {clause}" for clause, _ in chosen), [value for _, value in chosen]
+
+
 class Tables:
     conn: sqlite3.Connection
     db: Database

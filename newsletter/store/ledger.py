@@ -10,7 +10,7 @@ import json
 from typing import Any, Iterator, Sequence
 
 from ..model import DELIVERY_STATUSES
-from .connection import Tables, now_iso
+from .connection import Tables, conditions, now_iso
 
 
 class Ledger(Tables):
@@ -128,16 +128,9 @@ class Ledger(Tables):
         return {r["status"]: r["n"] for r in self.query(sql + " GROUP BY status", params)}
 
     def deliveries(self, issue_id: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        sql = """SELECT d.*, s.email FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
-                 WHERE 1=1"""
-        params: list[Any] = []
-        if issue_id is not None:
-            sql += " AND d.issue_id = ?"
-            params.append(issue_id)
-        if status:
-            sql += " AND d.status = ?"
-            params.append(status)
-        return self.query(sql + " ORDER BY d.id", params)
+        where, params = conditions(("d.issue_id = ?", issue_id), ("d.status = ?", status))
+        return self.query(f"""SELECT d.*, s.email FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
+                              WHERE 1=1{where} ORDER BY d.id""", params)
 
     def deliveries_needing_attention(self) -> list[dict[str, Any]]:
         return self.query("""SELECT issue_id, status, COUNT(*) AS n, MAX(error) AS example FROM deliveries

@@ -7,6 +7,22 @@ from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("newsletter")
 
+#: The subscribers table as m001 made it; m004 rebuilt it with the same columns and an AUTOINCREMENT key.
+SUBSCRIBERS_V1 = """
+        CREATE TABLE subscribers (
+            id {key},
+            email TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT '',
+            segment TEXT NOT NULL,
+            cadence TEXT NOT NULL DEFAULT 'weekly',
+            topics TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL DEFAULT 'pending',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            unsubscribed_at TEXT
+        )"""
+
 
 @migrations()
 def m001_initial(db: Database) -> None:
@@ -33,20 +49,7 @@ def m001_initial(db: Database) -> None:
             UNIQUE (slug, revision)
         )""")
     db.execute("CREATE INDEX summaries_published ON summaries (published)")
-    db.execute("""
-        CREATE TABLE subscribers (
-            id INTEGER PRIMARY KEY,
-            email TEXT NOT NULL UNIQUE,
-            name TEXT NOT NULL DEFAULT '',
-            segment TEXT NOT NULL,
-            cadence TEXT NOT NULL DEFAULT 'weekly',
-            topics TEXT NOT NULL DEFAULT '[]',
-            status TEXT NOT NULL DEFAULT 'pending',
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            confirmed_at TEXT,
-            unsubscribed_at TEXT
-        )""")
+    db.execute(SUBSCRIBERS_V1.format(key="INTEGER PRIMARY KEY"))
     db.execute("CREATE INDEX subscribers_audience ON subscribers (segment, cadence, status)")
     db.execute("""
         CREATE TABLE issues (
@@ -126,20 +129,7 @@ def m004_subscriber_ids_never_reused(db: Database) -> None:
     # highest id to the next sign-up, and the old links would act on them.
     db.execute("ALTER TABLE subscribers RENAME TO subscribers_old")
     db.execute("DROP INDEX IF EXISTS subscribers_audience")
-    db.execute("""
-        CREATE TABLE subscribers (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            email TEXT NOT NULL UNIQUE,
-            name TEXT NOT NULL DEFAULT '',
-            segment TEXT NOT NULL,
-            cadence TEXT NOT NULL DEFAULT 'weekly',
-            topics TEXT NOT NULL DEFAULT '[]',
-            status TEXT NOT NULL DEFAULT 'pending',
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            confirmed_at TEXT,
-            unsubscribed_at TEXT
-        )""")
+    db.execute(SUBSCRIBERS_V1.format(key="INTEGER PRIMARY KEY AUTOINCREMENT"))
     db.execute("INSERT INTO subscribers SELECT * FROM subscribers_old")
     db.execute("DROP TABLE subscribers_old")
     db.execute("CREATE INDEX subscribers_audience ON subscribers (segment, cadence, status)")

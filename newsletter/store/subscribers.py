@@ -7,7 +7,7 @@ import json
 from typing import Any, Iterable
 
 from ..model import SUBSCRIBER_STATUSES, SUPPRESSED
-from .connection import Tables, decode_topics, now_iso
+from .connection import Tables, conditions, decode_topics, now_iso
 
 #: SET clause (params: new segment, new cadence, now) stamping a change of audience; SET reads old values.
 AUDIENCE_CHANGED = ("audience_changed_at = CASE WHEN segment != ? OR cadence != ? THEN ? "
@@ -131,14 +131,8 @@ class Subscribers(Tables):
         return True
 
     def subscribers(self, segment: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM subscribers WHERE 1=1", []
-        if segment:
-            sql += " AND segment = ?"
-            params.append(segment)
-        if status:
-            sql += " AND status = ?"
-            params.append(status)
-        return [decode_topics(r) for r in self.query(sql + " ORDER BY id", params)]
+        where, params = conditions(("segment = ?", segment), ("status = ?", status))
+        return [decode_topics(r) for r in self.query(f"SELECT * FROM subscribers WHERE 1=1{where} ORDER BY id", params)]
 
     def subscriber_counts(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM subscribers GROUP BY status")}

@@ -8,7 +8,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .connection import Tables, decode_topics, now_iso
+from .connection import Tables, conditions, decode_topics, now_iso
 
 SUMMARY_FIELDS = ("title", "published", "teaser", "findings", "patients", "caregivers", "clinicians",
                   "limitations", "source_url", "journal", "doi", "topics", "url")
@@ -21,6 +21,7 @@ def content_hash(record: dict[str, Any]) -> str:
 
 @dataclass
 class ImportCounts:
+    """What an import did: new summaries, drafts changed in place, sent ones given a new revision, the rest."""
     inserted: int = 0
     updated: int = 0
     revised: int = 0
@@ -80,17 +81,11 @@ class Summaries(Tables):
     def summaries(self, since: str | None = None, until: str | None = None,
                   topic: str | None = None) -> list[dict[str, Any]]:
         """Latest revision of each summary, newest first."""
-        sql = """SELECT s.* FROM summaries s
-                 WHERE s.revision = (SELECT MAX(revision) FROM summaries WHERE slug = s.slug)"""
-        params: list[Any] = []
-        if since:
-            sql += " AND s.published >= ?"
-            params.append(since)
-        if until:
-            sql += " AND s.published <= ?"
-            params.append(until)
-        sql += " ORDER BY s.published DESC, s.id DESC"
-        rows = [decode_topics(r) for r in self.query(sql, params)]
+        where, params = conditions(("s.published >= ?", since), ("s.published <= ?", until))
+        rows = [decode_topics(r) for r in self.query(f"""
+            SELECT s.* FROM summaries s
+            WHERE s.revision = (SELECT MAX(revision) FROM summaries WHERE slug = s.slug){where}
+            ORDER BY s.published DESC, s.id DESC""", params)]
         if topic:
             rows = [r for r in rows if topic.lower() in (t.lower() for t in r["topics"])]
         return rows

@@ -6,7 +6,7 @@ import functools
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, session, url_for
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -124,13 +124,18 @@ def issue(issue_id: int) -> str:
                            segment=web_state().segments.get(row["segment"]))
 
 
-@bp.get("/issues/<int:issue_id>/email.html")
-@login_required
-def issue_html(issue_id: int) -> Response:
+def preview_parts(issue_id: int) -> tuple[str, str]:
+    """The issue's (html, text) with the preview's values filled in, or 409 when it cannot render."""
     rendered, error = render_for_preview(load_issue(issue_id))
     if rendered is None:
         abort(409, description=error)
-    response = make_response(rendered.personalise(PREVIEW_VALUES)[0])
+    return rendered.personalise(PREVIEW_VALUES)
+
+
+@bp.get("/issues/<int:issue_id>/email.html")
+@login_required
+def issue_html(issue_id: int) -> Response:
+    response = make_response(preview_parts(issue_id)[0])
     response.headers["Content-Security-Policy"] = EMAIL_CSP
     return response
 
@@ -138,22 +143,28 @@ def issue_html(issue_id: int) -> Response:
 @bp.get("/issues/<int:issue_id>/email.txt")
 @login_required
 def issue_text(issue_id: int) -> Response:
-    rendered, error = render_for_preview(load_issue(issue_id))
-    if rendered is None:
-        abort(409, description=error)
-    return Response(rendered.personalise(PREVIEW_VALUES)[1], mimetype="text/plain")
+    return Response(preview_parts(issue_id)[1], mimetype="text/plain")
+
+
+def _act(issue_id: int, action: Callable[[], Any], errors: tuple[type[Exception], ...], failure: str,
+         success: str) -> Any:
+    """An editor's action on an issue: logged, its outcome flashed, then back to the issue page.
+    `failure` has a {} where the reason goes."""
+    try:
+        action()
+    except errors as exc:
+        log.warning("issue %s: %s (editor %s)", issue_id, failure.format(exc), current_editor())
+        flash(failure.format(exc), "error")
+    else:
+        log.info("issue %s: %s (editor %s)", issue_id, success, current_editor())
+        flash(success)
+    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
 
 
 def _transition(issue_id: int, status: str, done: str) -> Any:
     load_issue(issue_id)
-    try:
-        lifecycle.transition(get_ctx(), issue_id, status)
-    except lifecycle.LifecycleError as exc:
-        flash(f"Not {status}: {exc}.", "error")
-    else:
-        log.info("issue %s %s by %s", issue_id, status, current_editor())
-        flash(f"Issue {issue_id} is {status}: {done}.")
-    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+    return _act(issue_id, lambda: lifecycle.transition(get_ctx(), issue_id, status), (lifecycle.LifecycleError,),
+                f"Not {status}: {{}}.", f"Issue {issue_id} is {status}: {done}.")
 
 
 @bp.post("/issues/<int:issue_id>/approve")
@@ -177,15 +188,8 @@ def send_test(issue_id: int) -> Any:
     except SubscriberError:
         flash("Enter the email address the test should go to.", "error")
         return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
-    try:
-        lifecycle.send_test(get_ctx(), issue_id, address)
-    except TEST_SEND_ERRORS as exc:
-        log.error("test send of issue %s to %s failed: %s", issue_id, address, exc)
-        flash(f"The test was not sent: {exc}", "error")
-    else:
-        log.info("issue %s: test sent to %s by %s", issue_id, address, current_editor())
-        flash(f"A test of issue {issue_id} was sent to {address}.")
-    return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+    return _act(issue_id, lambda: lifecycle.send_test(get_ctx(), issue_id, address), TEST_SEND_ERRORS,
+                "The test was not sent: {}", f"A test of issue {issue_id} was sent to {address}.")
 
 
 # -- summaries -------------------------------------------------------------------
