@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
 
 from newsletter import bootstrap
 from newsletter.context import Context
@@ -23,6 +24,14 @@ from newsletter.sources.summaries import read_sources
 from newsletter.settings import load_config
 
 pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_browser"]
+
+# Property-based tests: a fixed, repeatable profile by default (CI); HYPOTHESIS_PROFILE=long for a deeper
+# local search (README, "Tests").
+settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("long", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SECRET = "test-secret-not-for-production"
 POSTAL = "MS Research Digest, 1 Test Street, Testville, USA"
