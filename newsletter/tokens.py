@@ -8,7 +8,7 @@ runs for every recipient of every digest.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 
@@ -16,6 +16,20 @@ from itsdangerous import BadSignature, Signer, SignatureExpired, TimestampSigner
 
 PURPOSES = ("unsubscribe", "preferences", "confirm")
 CONFIRM_MAX_AGE = 7 * 24 * 3600
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _hmac_pads(key: bytes) -> tuple["hashlib._Hash", "hashlib._Hash"]:
+    """HMAC-SHA256 (RFC 2104) with its two padded-key states hashed once per key.
+
+    Written out because `hmac.digest` rebuilds both states on every call, and
+    signing runs twice per recipient of every digest: copying the states costs
+    less than half. The result is the standard HMAC (tests check it against hmac).
+    """
+    block = key.ljust(64, b"\0") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in block)), hashlib.sha256(bytes(b ^ 0x5C for b in block)))
 
 
 class TokenError(Exception):
@@ -27,19 +41,24 @@ class Tokens:
         if not secret:
             raise TokenError("secret: empty")
         self._signers = {}
-        self._keys = {}
+        self._pads = {}
         for purpose in PURPOSES:
             key = hmac.new(secret.encode(), f"newsletter-link:{purpose}".encode(), hashlib.sha256).digest()
             cls = TimestampSigner if purpose == "confirm" else Signer
             self._signers[purpose] = cls(key, salt=purpose, key_derivation="none", digest_method=hashlib.sha256)
-            self._keys[purpose] = key
+            self._pads[purpose] = _hmac_pads(key)
 
     def sign(self, purpose: str, subscriber_id: int) -> str:
         if purpose == "confirm":
             return self._signers[purpose].sign(str(subscriber_id).encode()).decode()
-        # Byte for byte what itsdangerous' Signer makes, in one C call: this runs per recipient.
+        # Byte for byte what itsdangerous' Signer makes (tests compare them): this runs per recipient.
         value = str(subscriber_id).encode()
-        mac = base64.urlsafe_b64encode(hmac.digest(self._keys[purpose], value, "sha256")).rstrip(b"=")
+        inner, outer = self._pads[purpose]
+        inner = inner.copy()
+        inner.update(value)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        mac = binascii.b2a_base64(outer.digest(), newline=False)[:43].translate(_URLSAFE)
         return (value + b"." + mac).decode()
 
     def verify(self, purpose: str, token: str, max_age: int = CONFIRM_MAX_AGE) -> int:
