@@ -433,3 +433,19 @@ def signup_form(drafts, make_app):
     client = make_app(drafts, SUBSCRIBE_MAX_PER_IP=10_000).test_client()
     known = {row["email"] for row in drafts.store.query("SELECT email FROM subscribers")}
     return client, drafts, form_token(client, "/"), known
+
+
+# -- the README's routes table ---------------------------------------------------------------------------
+
+def test_the_readme_routes_table_lists_every_path_with_its_methods(app):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### The web app"):readme.index("### Speed")]
+    documented: dict[str, set[str]] = {}
+    for row in re.findall(r"^\| (`/.*?) \| ([A-Z, ]+) \|", section, flags=re.M):
+        for path in re.findall(r"`(/[^`]*)`", row[0]):
+            documented[ARGUMENT.sub("<>", path)] = set(row[1].replace(" ", "").split(","))
+    served: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint != "static":
+            served.setdefault(ARGUMENT.sub("<>", rule.rule), set()).update(rule.methods - {"HEAD", "OPTIONS"})
+    assert documented == served
