@@ -234,8 +234,8 @@ def resume(preferences_token: str) -> Any:
     if subscriber["status"] == "unsubscribed":  # paused; a bounce or spam report is not undone here
         get_ctx().store.set_subscriber_status(subscriber["id"], "active")
     elif subscriber["status"] != "active":
-        flash("This address cannot receive the digest: it bounced or reported our email as spam. Write to us "
-              "at the postal address below if you want it back.", "error")
+        flash("This address cannot receive the digest: emails to it bounced, or it reported our email as spam. "
+              "Only the people who run this site can undo that.", "error")
         return back_to_preferences(preferences_token)
     flash("The digest is on again.")
     return back_to_preferences(preferences_token)
