@@ -19,44 +19,74 @@ TABLE_RE = re.compile(r"^\s*\[\s*editors\s*\]\s*(#.*)?$")
 HEADER_RE = re.compile(r"^\s*\[")
 
 
-def set_editor(path: Path, name: str, password_hash: str) -> bool:
-    """Put `name = "hash"` in the [editors] table, changing no other line; returns whether it replaced one."""
-    raw = path.read_bytes()
-    text = raw.decode("utf-8")
-    newline = "\r\n" if "\r\n" in text else "\n"
-    lines = text.splitlines(keepends=True)
-    entry = f'{name} = "{password_hash}"{newline}'
+def _lines(path: Path) -> tuple[list[str], str]:
+    text = path.read_bytes().decode("utf-8")
+    return text.splitlines(keepends=True), "\r\n" if "\r\n" in text else "\n"
+
+
+def _editors_table(lines: list[str], name: str) -> tuple[int | None, int, int | None]:
+    """Where the [editors] table starts and ends, and the line of `name` in it (None when absent)."""
     key_re = re.compile(rf"""^\s*(?:{re.escape(name)}|"{re.escape(name)}"|'{re.escape(name)}')\s*=""")
     start = next((i for i, line in enumerate(lines) if TABLE_RE.match(line.rstrip("\r\n"))), None)
-    replaced = False
     if start is None:
-        if lines and not lines[-1].endswith(("\n", "\r")):
-            lines[-1] += newline
-        lines += [newline, f"[editors]{newline}", entry]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if HEADER_RE.match(lines[i])), len(lines))
-        existing = next((i for i in range(start + 1, end) if key_re.match(lines[i])), None)
-        if existing is not None:
-            lines[existing] = entry
-            replaced = True
-        else:
-            # after the table's last entry (before trailing blank lines and comments of the next table)
-            at = start + 1
-            for i in range(start + 1, end):
-                if "=" in lines[i] and not lines[i].lstrip().startswith("#"):
-                    at = i + 1
-            if at > 0 and not lines[at - 1].endswith(("\n", "\r")):
-                lines[at - 1] += newline
-            lines.insert(at, entry)
+        return None, len(lines), None
+    end = next((i for i in range(start + 1, len(lines)) if HEADER_RE.match(lines[i])), len(lines))
+    return start, end, next((i for i in range(start + 1, end) if key_re.match(lines[i])), None)
+
+
+def _write_checked(path: Path, lines: list[str], expected: dict[str, str]) -> None:
+    """Re-parse the new text and write it only if [editors] holds exactly `expected`."""
     new_text = "".join(lines)
     try:
         written = tomllib.loads(new_text).get("editors", {})
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: the [editors] table could not be updated safely: {exc}") from None
-    if written.get(name) != password_hash:
+    if written != expected:
         raise ConfigError(f"{path}: the [editors] table could not be updated safely")
     _write_atomically(path, new_text.encode("utf-8"))
-    return replaced
+
+
+def _current_editors(path: Path) -> dict[str, str]:
+    try:
+        return dict(tomllib.loads(path.read_text(encoding="utf-8")).get("editors", {}))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def set_editor(path: Path, name: str, password_hash: str) -> bool:
+    """Put `name = "hash"` in the [editors] table, changing no other line; returns whether it replaced one."""
+    expected = {**_current_editors(path), name: password_hash}
+    lines, newline = _lines(path)
+    entry = f'{name} = "{password_hash}"{newline}'
+    start, end, existing = _editors_table(lines, name)
+    if start is None:
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += newline
+        lines += [newline, f"[editors]{newline}", entry]
+    elif existing is not None:
+        lines[existing] = entry
+    else:
+        # after the table's last entry (before trailing blank lines and comments of the next table)
+        at = start + 1
+        for i in range(start + 1, end):
+            if "=" in lines[i] and not lines[i].lstrip().startswith("#"):
+                at = i + 1
+        if at > 0 and not lines[at - 1].endswith(("\n", "\r")):
+            lines[at - 1] += newline
+        lines.insert(at, entry)
+    _write_checked(path, lines, expected)
+    return existing is not None
+
+
+def remove_editor(path: Path, name: str) -> None:
+    """Delete the line of `name` from the [editors] table, changing no other line."""
+    current = _current_editors(path)
+    lines, _ = _lines(path)
+    _, _, existing = _editors_table(lines, name)
+    if name not in current or existing is None:
+        raise ConfigError(f"{path}: no editor {name!r} under [editors]; nothing was changed")
+    del lines[existing]
+    _write_checked(path, lines, {k: v for k, v in current.items() if k != name})
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""`newsletter serve` and `newsletter editors add`: thin commands over the web app and `config_edit`.
+"""`newsletter serve` and `newsletter editors add|remove`: thin commands over the web app, `config_edit` and the
+store's editor sessions.
 
 Flask and waitress are imported inside the commands, so other commands start
 without them.
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from ..config_edit import set_editor
+from ..config_edit import remove_editor, set_editor
 from ..context import Context
 from ..segments import SegmentError
 from ..settings import ConfigError
-from .common import pass_ctx
+from .common import handle_errors, pass_ctx
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_PASSWORD = 12
@@ -76,8 +77,9 @@ def editors_add(ctx: Context, name: str) -> None:
 
     Asks for the password twice (never on the command line, where shell
     history would keep it) and writes NAME = "<hash>" under [editors] in the
-    config file; every other line of the file stays as it was. Restart
-    `newsletter serve` afterwards.
+    config file; every other line of the file stays as it was. A new password
+    ends the editor's open sessions at once. Restart `newsletter serve`
+    afterwards.
 
     \b
     Example:
@@ -97,4 +99,33 @@ def editors_add(ctx: Context, name: str) -> None:
         replaced = set_editor(Path(source), name, generate_password_hash(password))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{'changed the password of' if replaced else 'added'} editor {name} in {source}")
+    ended = f"; ended {_end_sessions(ctx, name)} open session(s)" if replaced else ""
+    click.echo(f"{'changed the password of' if replaced else 'added'} editor {name} in {source}{ended}")
+
+
+@editors.command("remove")
+@click.argument("name")
+@pass_ctx
+@handle_errors
+def editors_remove(ctx: Context, name: str) -> None:
+    """Remove an editor: their line under [editors] goes, their open sessions end at once.
+
+    Every other line of the config file stays as it was. Restart `newsletter
+    serve` afterwards, so the running app forgets the old password too.
+
+    \b
+    Example:
+        newsletter editors remove alice
+    """
+    source = _config(ctx).source
+    if source is None:
+        raise ConfigError("no newsletter.toml found: pass --config")
+    remove_editor(Path(source), name)
+    click.echo(f"removed editor {name} from {source}; ended {_end_sessions(ctx, name)} open session(s)")
+
+
+def _end_sessions(ctx: Context, name: str) -> int:
+    """End the editor's sessions in the database (none when the database was never created)."""
+    if not Path(ctx.config.database).exists():
+        return 0
+    return ctx.store.end_editor_sessions(name)

@@ -8,17 +8,21 @@ share it; migrations are named, recorded and applied on open.
 from __future__ import annotations
 
 from .connection import Tables, decode_topics, now_iso
+from .editor_sessions import EditorSessions
 from .events import Events
 from .issues import TRANSITIONS, Issues, may_send
 from .ledger import Ledger
 from .migrations import migrations
+from .signups import NOT_BY_LINK, Signups
 from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
+from .throttles import Attempt, Limit, Throttles
 
 
-class Store(Summaries, Subscribers, Issues, Ledger, Events, Tables):
+class Store(Summaries, Subscribers, Signups, Issues, Ledger, Events, Throttles, EditorSessions, Tables):
     """All table groups on one connection (a transaction may span groups)."""
 
 
-__all__ = ["SUMMARY_FIELDS", "TRANSITIONS", "Events", "ImportCounts", "Issues", "Ledger", "Store", "Subscribers",
-           "Summaries", "Tables", "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]
+__all__ = ["NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS", "Attempt", "EditorSessions", "Events", "ImportCounts",
+           "Issues", "Ledger", "Limit", "Signups", "Store", "Subscribers", "Summaries", "Tables", "Throttles",
+           "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]

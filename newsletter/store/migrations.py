@@ -146,3 +146,30 @@ def m005_remember_audience_changes(db: Database) -> None:
     db.execute("ALTER TABLE subscribers ADD COLUMN audience_changed_at TEXT")
     db.execute("CREATE INDEX subscribers_audience_changed ON subscribers (id) WHERE audience_changed_at IS NOT NULL")
     db.execute("CREATE INDEX deliveries_subscriber ON deliveries (subscriber_id)")
+
+
+@migrations()
+def m006_throttles_and_editor_sessions(db: Database) -> None:
+    # Sign-up and login counters outlive a restart; keys are keyed hashes (no address or IP in clear),
+    # and each row says when it may be forgotten.
+    db.execute("""
+        CREATE TABLE throttle_hits (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX throttle_hits_key ON throttle_hits (scope, key, at)")
+    db.execute("CREATE INDEX throttle_hits_expiry ON throttle_hits (expires_at)")
+    # An editor's cookie holds only a random id; its hash finds the row, so logout, a password change or
+    # removal ends the session at once. The fingerprint of the password hash ends it when the config changes.
+    db.execute("""
+        CREATE TABLE editor_sessions (
+            id_hash TEXT PRIMARY KEY,
+            editor TEXT NOT NULL,
+            password_fingerprint TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX editor_sessions_editor ON editor_sessions (editor)")

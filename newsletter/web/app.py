@@ -3,7 +3,7 @@
 `create_app(config)` takes a resolved Config (or a path to newsletter.toml, or
 nothing: the usual lookup). Keyword overrides in lower case replace settings
 (`create_app(cfg, site_url="https://...")`); upper-case ones go to Flask's
-config (`TESTING=True`, `LOGIN_MAX_FAILURES=3`, `CLOCK=fake_clock`).
+config (`TESTING=True`, `LOGIN_MAX_FAILURES=3`, `CLOCK=fake_clock`; FLASK_DEFAULTS lists them).
 
 Each request opens its own Store (SQLite in WAL mode, about a millisecond) and
 closes it when the request ends, so the threads of a WSGI server never share a
@@ -18,7 +18,7 @@ import logging
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flask import Flask, g, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -28,19 +28,23 @@ from ..settings import Config, load_config
 from ..tokens import Tokens
 from .editors import bp as editors_bp
 from .public import bp as public_bp
-from .security import Throttle, csrf_token, current_editor, protect_csrf
+from .limits import Limiter
+from .security import csrf_token, current_editor, protect_csrf
 from .state import PAGE_CSP, WebState
 from .webhooks import bp as webhooks_bp
 
 log = logging.getLogger("newsletter.web")
 
 FLASK_DEFAULTS = {
-    "LOGIN_MAX_FAILURES": 5,        # per editor name within the window
-    "LOGIN_MAX_FAILURES_IP": 20,    # per client address within the window
-    "LOGIN_WINDOW_SECONDS": 900,
-    "SUBSCRIBE_MAX_PER_ADDRESS": 3,  # confirmation emails to one address per hour
-    "SUBSCRIBE_MAX_PER_IP": 30,      # sign-up attempts from one client address per hour
-    "CLOCK": time.monotonic,
+    "LOGIN_MAX_FAILURES": 5,         # per (editor name, network) before the first lock
+    "LOGIN_MAX_FAILURES_IP": 20,     # per network, whatever the names tried, before the first lock
+    "LOGIN_WINDOW_SECONDS": 900,     # the first lock; each further failure doubles it
+    "LOGIN_MAX_LOCK_SECONDS": 86400,  # the longest lock; failures are forgotten this long after
+    "SUBSCRIBE_MAX_PER_ADDRESS": 3,  # confirmation emails to one address per window
+    "SUBSCRIBE_MAX_PER_MAILBOX": 5,  # ... to one mailbox (plus-tags, Gmail's dots) per window
+    "SUBSCRIBE_MAX_PER_IP": 30,      # sign-up attempts from one network per window
+    "SUBSCRIBE_WINDOW_SECONDS": 3600,
+    "CLOCK": time.time,              # wall-clock: the counters and sessions in SQLite outlive the process
     "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,
 }
 
@@ -72,16 +76,12 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
         **FLASK_DEFAULTS,
     )
     app.config.update(flask_settings)
-    clock: Callable[[], float] = app.config["CLOCK"]
-    window = app.config["LOGIN_WINDOW_SECONDS"]
     state = WebState(
         config=config,
         segments=load_segments(config.segments_file or None),
         tokens=Tokens(secret),
-        login_names=Throttle(app.config["LOGIN_MAX_FAILURES"], window, clock),
-        login_ips=Throttle(app.config["LOGIN_MAX_FAILURES_IP"], window, clock),
-        subscribe_addresses=Throttle(app.config["SUBSCRIBE_MAX_PER_ADDRESS"], 3600, clock),
-        subscribe_ips=Throttle(app.config["SUBSCRIBE_MAX_PER_IP"], 3600, clock),
+        limiter=Limiter.from_config(secret, app.config),
+        clock=app.config["CLOCK"],
     )
     _load_webhook_key(state)
     app.extensions["newsletter"] = state

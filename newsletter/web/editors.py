@@ -5,10 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from typing import Any, Callable
 
-from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, url_for
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import lifecycle
@@ -18,7 +17,7 @@ from ..render import RenderError
 from ..select import Period
 from ..settings import ConfigError
 from ..sources.subscribers import SubscriberError, normalise_email
-from .security import csrf_token, current_editor, login_required, safe_next
+from .security import current_editor, end_editor_session, login_required, safe_next, start_editor_session
 from .state import EMAIL_CSP, get_ctx, web_state
 
 log = logging.getLogger("newsletter.web")
@@ -37,44 +36,45 @@ def _dummy_hash() -> str:
 
 # -- log in / out ----------------------------------------------------------------
 
-@bp.route("/login", methods=["GET", "POST"])
+@bp.get("/login")
 def login() -> Any:
+    next_url = safe_next(request.args.get("next"))
+    if current_editor():
+        return redirect(next_url or url_for("editor.issues"))
+    return render_template("editor/login.html", next=next_url, error=None, name="")
+
+
+@bp.post("/login")
+def login_submit() -> Any:
     state = web_state()
     next_url = safe_next(request.values.get("next"))
-    if request.method == "GET":
-        if current_editor():
-            return redirect(next_url or url_for("editor.issues"))
-        return render_template("editor/login.html", next=next_url, error=None, name="")
     name = request.form.get("name", "").strip()
     password = request.form.get("password", "")
     ip = request.remote_addr or "unknown"
-    wait = max(state.login_names.blocked(name.lower()), state.login_ips.blocked(ip))
-    if wait:
-        minutes = max(1, math.ceil(wait / 60))
+    store = get_ctx().store
+    # Counted as a failure before the password is checked, in one transaction: parallel guesses queue.
+    attempt = state.limiter.login(store, name, ip)
+    if attempt.wait:
+        minutes = max(1, math.ceil(attempt.wait / 60))
         log.warning("login throttled: name=%r ip=%s", name, ip)
         response = make_response(render_template(
             "editor/login.html", next=next_url, name=name,
             error=f"Too many failed attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}."), 429)
-        response.headers["Retry-After"] = str(math.ceil(wait))
+        response.headers["Retry-After"] = str(math.ceil(attempt.wait))
         return response
     stored = state.config.editors.get(name)
     valid = check_password_hash(stored or _dummy_hash(), password) and stored is not None
     if not valid:
-        state.login_names.hit(name.lower())
-        state.login_ips.hit(ip)
         log.warning("login failed: name=%r ip=%s", name, ip)
         return render_template("editor/login.html", next=next_url, name=name, error="Wrong name or password."), 401
-    state.login_names.clear(name.lower())
-    session.clear()  # a fresh session (and CSRF token) for the logged-in editor
-    session["editor"] = name
-    session["login_at"] = time.time()
-    csrf_token()
+    state.limiter.login_succeeded(store, attempt, name, ip)
+    start_editor_session(name)
     return redirect(next_url or url_for("editor.issues"), code=303)
 
 
 @bp.post("/logout")
 def logout() -> Any:
-    session.clear()
+    end_editor_session()
     flash("You are logged out.")
     return redirect(url_for("editor.login"), code=303)
 

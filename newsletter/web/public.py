@@ -2,7 +2,8 @@
 
 No logins: every page that touches a subscription is reached by a signed link
 bound to one subscriber and one purpose. A forged, expired or wrong-purpose
-token gets a plain error page and changes nothing.
+token gets a plain error page and changes nothing. One route per method: only
+a POST changes anything (link scanners send GET, HEAD and OPTIONS).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any, Iterable
 from flask import (Blueprint, Response, abort, flash, make_response, redirect, render_template, request,
                    url_for)
 
-from ..model import SUPPRESSED
+from ..model import SUPPRESSED, Notice
 from ..segments import CADENCES
 from ..sources.subscribers import SubscriberError, normalise_email
-from ..store import now_iso
+from ..store import NOT_BY_LINK, now_iso
 from ..tokens import TokenError
 from . import mailer
+from .limits import SIGNUP_ADDRESS, SIGNUP_MAILBOX, SIGNUP_NETWORK
 from .rendering import ARCHIVE_TOKEN, ARCHIVE_VALUES, topics_for_variant
 from .security import csrf_exempt, csrf_valid
 from .state import EMAIL_CSP, get_ctx, web_state
@@ -90,8 +92,9 @@ def subscriber_for(purpose: str, token: str) -> dict[str, Any]:
 
 def links_for(subscriber_id: int) -> dict[str, str]:
     tokens = web_state().tokens
-    return {"preferences": url_for("public.preferences", token=tokens.sign("preferences", subscriber_id)),
-            "unsubscribe": url_for("public.unsubscribe", token=tokens.sign("unsubscribe", subscriber_id))}
+    return {"preferences": url_for("public.preferences", preferences_token=tokens.sign("preferences", subscriber_id)),
+            "unsubscribe": url_for("public.unsubscribe_page",
+                                   unsubscribe_token=tokens.sign("unsubscribe", subscriber_id))}
 
 
 def absolute(path: str) -> str:
@@ -100,13 +103,21 @@ def absolute(path: str) -> str:
 
 # -- sign-up -----------------------------------------------------------------
 
-@bp.route("/", methods=["GET", "POST"])
+#: A field people never see (hidden by the stylesheet, skipped by keyboard and screen readers) that form-filling
+#: robots do fill: such a sign-up gets the usual answer, and nothing is stored or sent.
+HONEYPOT = "website"
+
+
+@bp.get("/")
 def subscribe() -> Any:
+    return render_template("public/subscribe.html", values={"topics": []}, errors={},
+                           options=form_options(known_topics()))
+
+
+@bp.post("/")
+def subscribe_submit() -> Any:
     state = web_state()
     topics_allowed = known_topics()
-    if request.method == "GET":
-        return render_template("public/subscribe.html", values={"topics": []}, errors={},
-                               options=form_options(topics_allowed))
     choices, errors = read_choices(request.form, topics_allowed)
     raw_email = request.form.get("email", "")
     try:
@@ -120,101 +131,119 @@ def subscribe() -> Any:
         values = {**choices, "email": raw_email.strip(), "consent": request.form.get("consent") == "yes"}
         return render_template("public/subscribe.html", values=values, errors=errors,
                                options=form_options(topics_allowed)), 400
-    ip = request.remote_addr or "unknown"
-    if state.subscribe_ips.blocked(ip):
-        abort(429, description="Too many sign-ups from your network. Try again in an hour.")
-    state.subscribe_ips.hit(ip)
-
+    if request.form.get(HONEYPOT):
+        log.info("sign-up with the hidden field filled: ignored")
+        return render_template("public/check_inbox.html")
     store = get_ctx().store
-    subscriber = store.get_subscriber(email)
-    if subscriber is None:
-        # Only a new address is stored, as pending; an existing one is never changed here.
-        store.upsert_subscribers([{"email": email, "name": "", **choices, "status": "pending"}])
-        subscriber = store.get_subscriber(email)
-    # One confirmation per request, a few per hour per address at most, and none to an address
-    # that reported us as spam. The page says the same whatever happened.
-    if subscriber["status"] != "complained" and not state.subscribe_addresses.blocked(email):
-        state.subscribe_addresses.hit(email)
-        send_confirmation(subscriber)
+    attempt = state.limiter.signup(store, email, request.remote_addr or "unknown")
+    if attempt.waits[SIGNUP_NETWORK]:
+        abort(429, description="Too many sign-ups from your network. Try again in an hour.")
+    # From here every address does the same work, whatever its state: the same statements, one message
+    # composed and handed over. Only a new address is stored (pending); an existing one is never changed here.
+    subscriber = store.sign_up(email, choices["segment"], choices["cadence"], choices["topics"])
+    # A few confirmations per window per address and mailbox, none to an address that bounced or reported
+    # us as spam. The page says the same whatever happened.
+    withhold = subscriber["status"] in NOT_BY_LINK or bool(attempt.waits[SIGNUP_ADDRESS] or
+                                                           attempt.waits[SIGNUP_MAILBOX])
+    send_confirmation(subscriber, withhold)
     return render_template("public/check_inbox.html")
 
 
-def send_confirmation(subscriber: dict[str, Any]) -> None:
+def send_confirmation(subscriber: dict[str, Any], withhold: bool) -> None:
+    """Compose the confirmation (or, for an active subscriber, a link to preferences) and hand it over."""
     state = web_state()
     config = state.config
-    if subscriber["status"] == "active":
-        prefs = absolute(links_for(subscriber["id"])["preferences"])
-        text = mailer.confirmation_text(config.site_name, confirm_url=None, preferences_url=prefs,
-                                        postal_address=config.postal_address)
+    active = subscriber["status"] == "active"
+    if active:
+        url = absolute(links_for(subscriber["id"])["preferences"])
         subject = f"Your {config.site_name} subscription"
     else:
-        token = state.tokens.sign("confirm", subscriber["id"])
-        text = mailer.confirmation_text(config.site_name, confirm_url=absolute(url_for("public.confirm", token=token)),
-                                        preferences_url=None, postal_address=config.postal_address)
+        url = absolute(url_for("public.confirm", confirm_token=state.tokens.sign("confirm", subscriber["id"])))
         subject = f"Confirm your subscription to {config.site_name}"
+    text = render_template("public/confirmation.txt", active=active, url=url).rstrip("\n") + "\n"
     try:
-        mailer.deliver(config, subscriber["email"], subject, text)
+        mailer.hand_over(config, Notice(to=subscriber["email"], subject=subject, text=text, category="confirmation"),
+                         withhold=withhold)
     except mailer.MailError as exc:
         log.error("confirmation email not sent: %s", exc)
         abort(503, description="We could not send the confirmation email just now. Please try again later.")
 
 
-@bp.route("/confirm/<token>", methods=["GET", "POST"])
-def confirm(token: str) -> Any:
-    subscriber = subscriber_for("confirm", token)
-    links = links_for(subscriber["id"])
-    if request.method == "GET":
-        return render_template("public/confirm.html", subscriber=subscriber, done=subscriber["status"] == "active",
-                               links=links)
-    if subscriber["status"] != "active":
-        get_ctx().store.set_subscriber_status(subscriber["id"], "active")
-    return render_template("public/confirm.html", subscriber=subscriber, done=True, links=links, just_confirmed=True)
+def confirm_view(subscriber: dict[str, Any], **extra: Any) -> str:
+    return render_template("public/confirm.html", subscriber=subscriber, done=subscriber["status"] == "active",
+                           refused=subscriber["status"] in NOT_BY_LINK, links=links_for(subscriber["id"]), **extra)
+
+
+@bp.get("/confirm/<confirm_token>")
+def confirm_page(confirm_token: str) -> Any:
+    return confirm_view(subscriber_for("confirm", confirm_token))
+
+
+@bp.post("/confirm/<confirm_token>")
+def confirm(confirm_token: str) -> Any:
+    subscriber = subscriber_for("confirm", confirm_token)
+    store = get_ctx().store
+    # An old link never brings back an address that bounced or reported spam; an unsubscribed person's may.
+    if subscriber["status"] not in NOT_BY_LINK and (subscriber["status"] == "active"
+                                                    or store.confirm_subscriber(subscriber["id"])):
+        return confirm_view({**subscriber, "status": "active"}, just_confirmed=True)
+    return confirm_view(store.get_subscriber(id=subscriber["id"]) or subscriber)
 
 
 # -- preferences ---------------------------------------------------------------
 
-@bp.route("/p/<token>", methods=["GET", "POST"])
-def preferences(token: str) -> Any:
-    subscriber = subscriber_for("preferences", token)
-    topics_allowed = known_topics(subscriber["topics"])
-    links = links_for(subscriber["id"])
-    if request.method == "GET":
-        return render_template("public/preferences.html", subscriber=subscriber, values=subscriber, errors={},
-                               options=form_options(topics_allowed), links=links, token=token)
-    choices, errors = read_choices(request.form, topics_allowed)
+def preferences_page(subscriber: dict[str, Any], token: str, values: dict[str, Any], errors: dict[str, str]) -> str:
+    return render_template("public/preferences.html", subscriber=subscriber, values=values, errors=errors,
+                           options=form_options(known_topics(subscriber["topics"])), links=links_for(subscriber["id"]),
+                           token=token)
+
+
+def back_to_preferences(token: str) -> Any:
+    return redirect(url_for("public.preferences", preferences_token=token), code=303)
+
+
+@bp.get("/p/<preferences_token>")
+def preferences(preferences_token: str) -> Any:
+    subscriber = subscriber_for("preferences", preferences_token)
+    return preferences_page(subscriber, preferences_token, subscriber, {})
+
+
+@bp.post("/p/<preferences_token>")
+def preferences_save(preferences_token: str) -> Any:
+    subscriber = subscriber_for("preferences", preferences_token)
+    choices, errors = read_choices(request.form, known_topics(subscriber["topics"]))
     if errors:
-        return render_template("public/preferences.html", subscriber=subscriber, values=choices, errors=errors,
-                               options=form_options(topics_allowed), links=links, token=token), 400
+        return preferences_page(subscriber, preferences_token, choices, errors), 400
     get_ctx().store.update_preferences(subscriber["id"], choices["segment"], choices["cadence"], choices["topics"])
     flash("Your preferences are saved.")
-    return redirect(url_for("public.preferences", token=token), code=303)
+    return back_to_preferences(preferences_token)
 
 
-@bp.post("/p/<token>/pause")
-def pause(token: str) -> Any:
-    subscriber = subscriber_for("preferences", token)
+@bp.post("/p/<preferences_token>/pause")
+def pause(preferences_token: str) -> Any:
+    subscriber = subscriber_for("preferences", preferences_token)
     if subscriber["status"] not in SUPPRESSED:
         get_ctx().store.set_subscriber_status(subscriber["id"], "unsubscribed")
     flash("The digest is paused: we will send you nothing until you resume it.")
-    return redirect(url_for("public.preferences", token=token), code=303)
+    return back_to_preferences(preferences_token)
 
 
-@bp.post("/p/<token>/resume")
-def resume(token: str) -> Any:
-    subscriber = subscriber_for("preferences", token)
+@bp.post("/p/<preferences_token>/resume")
+def resume(preferences_token: str) -> Any:
+    subscriber = subscriber_for("preferences", preferences_token)
     if subscriber["status"] == "unsubscribed":  # paused; a bounce or spam report is not undone here
         get_ctx().store.set_subscriber_status(subscriber["id"], "active")
     elif subscriber["status"] != "active":
-        flash("This address cannot receive the digest (it bounced or reported spam); subscribe again from the "
-              "sign-up page.", "error")
-        return redirect(url_for("public.preferences", token=token), code=303)
+        flash("This address cannot receive the digest: emails to it bounced, or it reported our email as spam. "
+              "Only the people who run this site can undo that.", "error")
+        return back_to_preferences(preferences_token)
     flash("The digest is on again.")
-    return redirect(url_for("public.preferences", token=token), code=303)
+    return back_to_preferences(preferences_token)
 
 
-@bp.get("/p/<token>/data.json")
-def download(token: str) -> Response:
-    subscriber = subscriber_for("preferences", token)
+@bp.get("/p/<preferences_token>/data.json")
+def download(preferences_token: str) -> Response:
+    subscriber = subscriber_for("preferences", preferences_token)
     store = get_ctx().store
     deliveries, events = store.subscriber_history(subscriber["id"], subscriber["email"])
     for event in events:
@@ -227,31 +256,39 @@ def download(token: str) -> Response:
     return response
 
 
-@bp.route("/p/<token>/delete", methods=["GET", "POST"])
-def delete(token: str) -> Any:
-    subscriber = subscriber_for("preferences", token)
-    if request.method == "GET":
-        return render_template("public/delete.html", subscriber=subscriber, token=token)
-    store = get_ctx().store
-    store.remove_subscriber(subscriber["email"], reason="deleted by the subscriber")
+@bp.get("/p/<preferences_token>/delete")
+def delete_page(preferences_token: str) -> Any:
+    subscriber = subscriber_for("preferences", preferences_token)
+    return render_template("public/delete.html", subscriber=subscriber, token=preferences_token)
+
+
+@bp.post("/p/<preferences_token>/delete")
+def delete(preferences_token: str) -> Any:
+    subscriber = subscriber_for("preferences", preferences_token)
+    get_ctx().store.remove_subscriber(subscriber["email"], reason="deleted by the subscriber")
     return render_template("public/deleted.html")
 
 
 # -- unsubscribe ---------------------------------------------------------------
 
-@bp.route("/u/<token>", methods=["GET", "POST"])
+@bp.get("/u/<unsubscribe_token>")
+def unsubscribe_page(unsubscribe_token: str) -> Any:
+    subscriber = subscriber_for("unsubscribe", unsubscribe_token)
+    return render_template("public/unsubscribe.html", subscriber=subscriber, token=unsubscribe_token,
+                           links=links_for(subscriber["id"]))
+
+
+@bp.post("/u/<unsubscribe_token>")
 @csrf_exempt  # RFC 8058: the mail client's POST carries no session; the signed token is the authority
-def unsubscribe(token: str) -> Any:
-    one_click = request.method == "POST" and request.form.get("List-Unsubscribe") == "One-Click"
-    if request.method == "POST" and not one_click and not csrf_valid():
+def unsubscribe(unsubscribe_token: str) -> Any:
+    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    if not one_click and not csrf_valid():
         abort(400, description="This form has expired or did not come from this site. "
                                "Go back, reload the page and try again.")
-    if token == ARCHIVE_TOKEN or request.method == "GET":
-        subscriber = subscriber_for("unsubscribe", token)
-        return render_template("public/unsubscribe.html", subscriber=subscriber, token=token,
-                               links=links_for(subscriber["id"]))
+    if unsubscribe_token == ARCHIVE_TOKEN:
+        subscriber_for("unsubscribe", unsubscribe_token)  # explains the web copy's links
     try:
-        subscriber_id = web_state().tokens.verify("unsubscribe", token)
+        subscriber_id = web_state().tokens.verify("unsubscribe", unsubscribe_token)
     except TokenError as exc:
         abort(400, description=f"{str(exc)[0].upper()}{str(exc)[1:]}.")
     store = get_ctx().store

@@ -1,20 +1,23 @@
-"""CSRF tokens, editor login checks and an in-memory throttle. No database access."""
+"""CSRF tokens (in Flask's signed cookie) and editors' sessions (server-side: the cookie holds a random id)."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import secrets
-import threading
-import time
-from collections import deque
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, redirect, request, session, url_for
+from flask import abort, current_app, g, redirect, request, session, url_for
+
+from .state import get_ctx, web_state
 
 CSRF_FIELD = "csrf_token"
 CSRF_SESSION_KEY = "_csrf"
+EDITOR_SESSION_KEY = "editor_sid"
+#: Methods that never change anything: views answer them without a side effect.
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 #: Editors are logged out this long after logging in, whatever they do.
 EDITOR_SESSION_SECONDS = 12 * 3600
 
@@ -44,7 +47,7 @@ def csrf_exempt(view: Callable) -> Callable:
 
 def protect_csrf() -> None:
     """before_request hook: every state-changing request carries this session's token."""
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    if request.method in SAFE_METHODS:
         return
     view = current_app.view_functions.get(request.endpoint or "")
     if view is not None and getattr(view, _EXEMPT_ATTR, False):
@@ -54,58 +57,49 @@ def protect_csrf() -> None:
                                "Go back, reload the page and try again.")
 
 
-class Throttle:
-    """At most `limit` events per key within `window` seconds, in memory, thread-safe.
+def password_fingerprint(password_hash: str) -> str:
+    """What a session remembers of the hash it was opened with: a new hash in the config ends it."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:32]
 
-    The clock is injectable so tests move time instead of sleeping.
-    """
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
-        self.limit, self.window, self.clock = limit, window, clock
-        self._events: dict[Any, deque[float]] = {}
-        self._lock = threading.Lock()
+def _id_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
-    def _fresh(self, key: Any, now: float) -> deque[float]:
-        events = self._events.get(key)
-        if events is None:
-            return deque()
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        if not events:
-            del self._events[key]
-        return events
 
-    def blocked(self, key: Any) -> float:
-        """Seconds until `key` may try again (0 when it may now)."""
-        with self._lock:
-            now = self.clock()
-            events = self._fresh(key, now)
-            if len(events) < self.limit:
-                return 0.0
-            return max(1.0, events[0] + self.window - now)
+def start_editor_session(name: str) -> None:
+    """A fresh cookie (and CSRF token) holding only a new random id; the row says who and until when."""
+    state = web_state()
+    session.clear()
+    session_id = secrets.token_urlsafe(32)
+    now = state.clock()
+    get_ctx().store.start_editor_session(_id_hash(session_id), name, password_fingerprint(state.config.editors[name]),
+                                         now, now + EDITOR_SESSION_SECONDS)
+    session[EDITOR_SESSION_KEY] = session_id
+    g.pop("editor", None)
+    csrf_token()
 
-    def hit(self, key: Any) -> None:
-        with self._lock:
-            now = self.clock()
-            self._fresh(key, now)
-            self._events.setdefault(key, deque()).append(now)
-            if len(self._events) > 10_000:  # bound memory under a flood of distinct keys
-                for stale in [k for k, v in self._events.items() if not v or v[-1] <= now - self.window]:
-                    del self._events[stale]
 
-    def clear(self, key: Any) -> None:
-        with self._lock:
-            self._events.pop(key, None)
+def end_editor_session() -> None:
+    session_id = session.get(EDITOR_SESSION_KEY)
+    if isinstance(session_id, str):
+        get_ctx().store.end_editor_session(_id_hash(session_id))
+    session.clear()
+    g.pop("editor", None)
 
 
 def current_editor() -> str | None:
-    name = session.get("editor")
-    login_at = session.get("login_at", 0)
-    state = current_app.extensions["newsletter"]
-    if not name or name not in state.config.editors:
-        return None
-    if not isinstance(login_at, (int, float)) or time.time() - login_at > EDITOR_SESSION_SECONDS:
-        return None
+    """The editor whose live session this cookie names, while the config still has their same password hash."""
+    if "editor" in g:
+        return g.editor
+    name = None
+    session_id = session.get(EDITOR_SESSION_KEY)
+    if isinstance(session_id, str) and session_id:
+        state = web_state()
+        row = get_ctx().store.editor_session(_id_hash(session_id), state.clock())
+        stored = state.config.editors.get(row["editor"]) if row else None
+        if stored and hmac.compare_digest(row["password_fingerprint"], password_fingerprint(stored)):
+            name = row["editor"]
+    g.editor = name
     return name
 
 
@@ -113,7 +107,7 @@ def login_required(view: Callable) -> Callable:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if current_editor() is None:
-            if request.method != "GET":
+            if request.method not in SAFE_METHODS:
                 abort(403, description="Log in again to do this.")
             return redirect(url_for("editor.login", next=request.full_path.rstrip("?")))
         return view(*args, **kwargs)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from flask import current_app, g
 
@@ -12,8 +12,8 @@ from ..context import Context
 from ..segments import Segment
 from ..settings import Config
 from ..tokens import Tokens
+from .limits import Limiter
 from .rendering import RenderCache
-from .security import Throttle
 
 PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-src 'self'; "
             "frame-ancestors 'self'; base-uri 'none'")
@@ -28,10 +28,8 @@ class WebState:
     config: Config
     segments: dict[str, Segment]
     tokens: Tokens
-    login_names: Throttle
-    login_ips: Throttle
-    subscribe_addresses: Throttle
-    subscribe_ips: Throttle
+    limiter: Limiter
+    clock: Callable[[], float]  # wall-clock seconds; tests move it
     renders: RenderCache = field(default_factory=RenderCache)
     webhook_verifier: Any = None
     webhook_key_error: str = ""
