@@ -7,7 +7,7 @@ share it; migrations are named, recorded and applied on open.
 
 from __future__ import annotations
 
-from .connection import Tables, decode_topics, now_iso
+from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
 from .events import Events
 from .issues import TRANSITIONS, Issues, may_send
 from .ledger import Ledger
@@ -20,5 +20,7 @@ class Store(Summaries, Subscribers, Issues, Ledger, Events, Tables):
     """All table groups on one connection (a transaction may span groups)."""
 
 
-__all__ = ["SUMMARY_FIELDS", "TRANSITIONS", "Events", "ImportCounts", "Issues", "Ledger", "Store", "Subscribers",
-           "Summaries", "Tables", "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]
+__all__ = ["SUMMARY_FIELDS", "TRANSITIONS", "DatabaseError", "Events", "ImportCounts", "Issues", "Ledger", "Store",
+           "StoreError", "Subscribers",
+           "Summaries", "Tables", "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations",
+           "now_iso"]
