@@ -24,7 +24,7 @@ from .test_settings import one_line_error, write_toml
 
 #: Commands that read or write the database; each must refuse a bad one before doing anything.
 COMMANDS = [["subscribers", "list"], ["status"], ["issues", "list"], ["digest", "run", "--send-only"],
-            ["summaries", "list"]]
+            ["summaries", "list"], ["bounces", "process"]]
 
 
 def site_with_database(tmp_path: Path, database: str = "newsletter.db", **settings: str) -> Path:

@@ -7,6 +7,7 @@ share it; migrations are named, recorded and applied on open.
 
 from __future__ import annotations
 
+from .bounces import Bounces
 from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
 from .events import Events
 from .issues import TRANSITIONS, Issues, may_send
@@ -16,11 +17,11 @@ from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 
 
-class Store(Summaries, Subscribers, Issues, Ledger, Events, Tables):
+class Store(Summaries, Subscribers, Issues, Ledger, Events, Bounces, Tables):
     """All table groups on one connection (a transaction may span groups)."""
 
 
-__all__ = ["SUMMARY_FIELDS", "TRANSITIONS", "DatabaseError", "Events", "ImportCounts", "Issues", "Ledger", "Store",
+__all__ = ["SUMMARY_FIELDS", "TRANSITIONS", "Bounces", "DatabaseError", "Events", "ImportCounts", "Issues", "Ledger", "Store",
            "StoreError", "Subscribers",
            "Summaries", "Tables", "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations",
            "now_iso"]

@@ -146,3 +146,37 @@ def m005_remember_audience_changes(db: Database) -> None:
     db.execute("ALTER TABLE subscribers ADD COLUMN audience_changed_at TEXT")
     db.execute("CREATE INDEX subscribers_audience_changed ON subscribers (id) WHERE audience_changed_at IS NOT NULL")
     db.execute("CREATE INDEX deliveries_subscriber ON deliveries (subscriber_id)")
+
+
+@migrations()
+def m009_bounce_reports(db: Database) -> None:
+    # Each bounce or complaint, by its source (bounce mail, SendGrid) and its own id, so a report read
+    # twice counts once; soft bounces per (subscriber, issue), so three issues in a row can be told apart
+    # from one issue retried three times. Neither keeps an address or a report's text.
+    db.execute("""
+        CREATE TABLE bounce_reports (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            status_code TEXT,
+            issue_id INTEGER,
+            delivery_id INTEGER,
+            subscriber_id INTEGER,
+            created_at TEXT NOT NULL,
+            UNIQUE (source, ref)
+        )""")
+    db.execute("CREATE INDEX bounce_reports_issue ON bounce_reports (issue_id)")
+    db.execute("""
+        CREATE TABLE soft_bounces (
+            subscriber_id INTEGER NOT NULL,
+            issue_id INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (subscriber_id, issue_id)
+        )""")
+    # A removed subscriber leaves nothing here that points at them.
+    db.execute("""
+        CREATE TRIGGER bounces_forget_subscriber AFTER DELETE ON subscribers BEGIN
+            DELETE FROM soft_bounces WHERE subscriber_id = OLD.id;
+            UPDATE bounce_reports SET subscriber_id = NULL WHERE subscriber_id = OLD.id;
+        END""")
