@@ -272,3 +272,12 @@ def test_verp_reads_only_our_own_pattern(local, delivery):
     assert verp_deliveries([f"bounces+{delivery}@example.org.evil"], "bounces@example.org") == set()
     assert verp_deliveries([f"{local}@example.org"], "bounces@example.org") <= (
         {int(local[8:])} if local.lower().startswith("bounces+") and local[8:].isdigit() else set())
+
+
+def test_schedule_cron_processes_bounces_with_a_command_that_exists(runner):
+    crontab = (Path(__file__).resolve().parent.parent / "schedule.cron").read_text()
+    lines = [line for line in crontab.splitlines() if "bounces process" in line and not line.startswith("#")]
+    assert len(lines) == 1
+    minute, hour, day, month, weekday = lines[0].split()[:5]
+    assert (hour, day, month, weekday) == ("*", "*", "*", "*") and minute.count(",") == 1  # twice an hour
+    assert runner.invoke(cli, ["bounces", "process", "--help"], catch_exceptions=False).exit_code == 0

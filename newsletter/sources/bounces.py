@@ -257,6 +257,7 @@ class ImapBounces:
         if not password:
             raise BounceMailboxError(f"{self.name}: NEWSLETTER_BOUNCE_PASSWORD is not set")
         self.mailbox = where.path
+        self.conn: imaplib.IMAP4 | None = None
         try:
             context = ssl.create_default_context(cafile=cafile or None)
             if where.kind == "imaps":
@@ -269,6 +270,8 @@ class ImapBounces:
             self.delimiter = self._delimiter()
             self.can_move = "MOVE" in self.conn.capabilities
         except (imaplib.IMAP4.error, OSError, ssl.SSLError) as exc:
+            if self.conn is not None:
+                self.conn.shutdown()
             raise BounceMailboxError(f"{self.name}: {_imap_reason(exc)}") from None
         self.created: set[str] = set()
 
