@@ -12,11 +12,14 @@ unsubscribed) is never overwritten by a weaker one.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
 from .sources.bounces import Report, parse_report, verp_deliveries
+
+log = logging.getLogger("newsletter.feedback")
 
 #: event -> subscriber status it leads to
 SUPPRESSING = {"bounce": "bounced", "dropped": "bounced", "spamreport": "complained",
@@ -219,10 +222,14 @@ def process_report(store: Any, raw: bytes, bounce_address: str = "") -> str:
     if seen is not None:
         return seen
     record: dict[str, Any] = {"verdict": "unreadable"}
-    if report.kind != "unknown":
-        delivery, _why = match_delivery(store, report, bounce_address)
+    if report.kind == "unknown":
+        log.info("bounce mail %s: unreadable: %s", report.ref, report.problem)
+    else:
+        delivery, why = match_delivery(store, report, bounce_address)
         record["verdict"] = "unmatched"
-        if delivery is not None:
+        if delivery is None:
+            log.info("bounce mail %s: a %s report, unmatched: %s", report.ref, report.kind, why)
+        else:
             verdict, code = report_verdict(report)
             record = {"verdict": verdict or "ignored", "status_code": code or None, "issue_id": delivery["issue_id"],
                       "delivery_id": delivery["id"]}

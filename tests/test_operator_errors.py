@@ -111,6 +111,9 @@ def test_only_init_creates_a_database_and_it_may_fill_an_empty_file(tmp_path, ru
         ctx.close()
     with pytest.raises(StoreError, match="no database here"):
         Store(tmp_path / "elsewhere.db")
+    bad_database("foreign SQLite", tmp_path / "photos.db")
+    with pytest.raises(StoreError, match="not a newsletter database"):
+        Store(tmp_path / "photos.db", create=True)  # not even init writes into someone else's database
 
 
 @contextlib.contextmanager

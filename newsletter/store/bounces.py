@@ -9,10 +9,8 @@ from .connection import Tables, now_iso
 
 class Bounces(Tables):
     def delivery(self, delivery_id: int) -> dict[str, Any] | None:
-        """A delivery row with its subscriber's address (what a report is matched against)."""
-        rows = self.query("""SELECT d.id, d.issue_id, d.subscriber_id, d.status, s.email, s.status AS subscriber_status
-                             FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
-                             WHERE d.id = ?""", (delivery_id,))
+        """A delivery row (what a report is matched against)."""
+        rows = self.query("SELECT id, issue_id, subscriber_id, status FROM deliveries WHERE id = ?", (delivery_id,))
         return rows[0] if rows else None
 
     def bounce_report_verdict(self, source: str, ref: str) -> str | None:

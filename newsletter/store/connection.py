@@ -45,9 +45,12 @@ def describe(path: Path, exc: sqlite3.Error) -> str:
     return f"{path}: database error: {exc}"
 
 
+FIX = "correct the `database` setting, or run `newsletter init` to create a new one"
+
+
 def refusal(path: Path, create: bool) -> str | None:
     """Why this file cannot be opened as the site's database, or None."""
-    fix = "correct the `database` setting, or run `newsletter init` to create a new one"
+    fix = FIX
     if not path.exists():
         return None if create else f"{path}: no database here: {fix}"
     if not path.is_file():
@@ -93,14 +96,14 @@ class Tables:
         problem = refusal(self.path, create)
         if problem:
             raise StoreError(problem)
+        existing = self.path.exists() and self.path.stat().st_size > 0
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
         try:
             conn.row_factory = sqlite3.Row
-            if not create and not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_sqlite_migrations'").fetchone():
-                raise StoreError(f"{self.path}: an SQLite file, but not a newsletter database: correct the "
-                                 "`database` setting, or run `newsletter init` to create a new one")
+            if existing and not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_sqlite_migrations'").fetchone():
+                raise StoreError(f"{self.path}: an SQLite file, but not a newsletter database: {FIX}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA synchronous=NORMAL")
