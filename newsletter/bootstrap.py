@@ -38,8 +38,7 @@ def init(directory: Path, overrides: dict[str, Any] | None = None, env: dict[str
     if wrote_config:
         config_path.write_text(render_config_file(overrides), encoding="utf-8")
     config = load_config(config_path, env=env)
-    ctx = Context(config)
-    ctx.store.close()
+    Context(config).create_store().close()
     wrote_secret = False
     if not config.env.get(SECRETS["secret"]):
         wrote_secret = write_secret_file(config.secret_file)

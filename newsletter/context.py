@@ -1,4 +1,7 @@
-"""What every command and the web app need: the resolved config, the store, the segments."""
+"""What every command and the web app need: the resolved config, the store, the segments.
+
+The store opens only an existing newsletter database; `create_store` (for `init` alone) may make a new one.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,11 @@ class Context:
     @functools.cached_property
     def store(self) -> Store:
         return Store(self.config.database)
+
+    def create_store(self) -> Store:
+        """Open the database, creating it when missing or empty: what `newsletter init` does, and only it."""
+        store = self.__dict__["store"] = Store(self.config.database, create=True)
+        return store
 
     @functools.cached_property
     def segments(self) -> dict[str, Segment]:

@@ -1,16 +1,25 @@
-"""The record stage: what a provider's events do to subscribers and deliveries.
+"""The record stage: what a provider's events and bounce mail do to subscribers and deliveries.
 
-Used by the SendGrid webhook (and by bounce mail later). Each event is stored
-once; its effect is applied before it is recorded, and every effect is
-idempotent, so a crash in between loses nothing and a retry repeats nothing
-harmful. A stronger reason (complained > bounced > unsubscribed) is never
-overwritten by a weaker one.
+Used by the SendGrid webhook and by `newsletter bounces process`; both reach
+one rule (`apply_verdict`): a hard bounce (5.x.x) marks the subscriber
+bounced, soft ones (4.x.x) are counted per issue and three issues in a row
+mark it bounced, a delivery ends the run, a complaint marks it complained.
+Each event or report is stored once; its effect is applied before it is
+recorded, and every effect is idempotent, so a crash in between loses nothing
+and a retry repeats nothing harmful. A stronger reason (complained > bounced >
+unsubscribed) is never overwritten by a weaker one.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
+
+from .sources.bounces import Report, parse_report, verp_deliveries
+
+log = logging.getLogger("newsletter.feedback")
 
 #: event -> subscriber status it leads to
 SUPPRESSING = {"bounce": "bounced", "dropped": "bounced", "spamreport": "complained",
@@ -18,6 +27,11 @@ SUPPRESSING = {"bounce": "bounced", "dropped": "bounced", "spamreport": "complai
 #: a stronger reason is never overwritten by a weaker one
 RANK = {"pending": 0, "active": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
 DELIVERY_COLUMNS = {"delivered": "delivered_at", "open": "opened_at", "click": "clicked_at"}
+HARD, SOFT, COMPLAINT, DELIVERED = "hard", "soft", "complaint", "delivered"
+#: soft bounces on this many different issues in a row make an address bounced
+SOFT_BOUNCE_LIMIT = 3
+#: what a verdict does to a subscriber's status
+VERDICT_STATUS = {HARD: "bounced", COMPLAINT: "complained"}
 
 
 def _int(value: Any) -> int | None:
@@ -58,8 +72,70 @@ def find_subscriber(store: Any, event: dict[str, Any]) -> dict[str, Any] | None:
     return store.get_subscriber(email) if email else None
 
 
+def status_verdict(status: str | None, action: str | None = None) -> str | None:
+    """RFC 3463 classes: 5.x.x permanent (hard), 4.x.x transient (soft), 2.x.x (or an Action of
+    delivered, relayed, expanded) delivered; without a code, a DSN's Action decides."""
+    code = (status or "").strip()[:2]
+    if code == "5.":
+        return HARD
+    if code == "4.":
+        return SOFT
+    if code == "2." or (action or "") in ("delivered", "relayed", "expanded"):
+        return DELIVERED
+    return {"failed": HARD, "delayed": SOFT}.get(action or "")
+
+
+def sendgrid_verdict(event: dict[str, Any]) -> str | None:
+    """SendGrid's bounce, blocked, deferred, dropped, spamreport and delivered events under the same rules."""
+    kind = event.get("event")
+    if kind == "bounce":
+        if str(event.get("type", "")).lower() == "blocked":
+            return SOFT  # the receiving server refused our mail for now (reputation, content), not the address
+        return SOFT if status_verdict(str(event.get("status", ""))) == SOFT else HARD
+    if kind == "deferred":
+        return SOFT
+    if kind == "dropped":
+        # only "Bounced Address" drops mean the address is dead
+        return HARD if "bounce" in str(event.get("reason", "")).lower() else None
+    if kind == "spamreport":
+        return COMPLAINT
+    if kind == "delivered":
+        return DELIVERED
+    return None
+
+
+def apply_verdict(store: Any, subscriber: dict[str, Any], issue_id: int | None, verdict: str) -> str | None:
+    """The one rule both backends follow; returns the status it set (or "soft" for a counted soft bounce)."""
+    if verdict == DELIVERED:
+        store.reset_soft_bounces(subscriber["id"])
+        return None
+    if verdict == SOFT:
+        if issue_id is None:
+            return None  # a notice outside any issue: nothing to count it against
+        if store.add_soft_bounce(subscriber["id"], issue_id) < SOFT_BOUNCE_LIMIT:
+            return SOFT
+        verdict = HARD
+    status = VERDICT_STATUS.get(verdict)
+    if status and RANK[status] > RANK.get(subscriber["status"], 0):
+        store.set_subscriber_status(subscriber["id"], status)
+        return status
+    return None
+
+
 def apply(store: Any, event: dict[str, Any], when: str | None) -> str | None:
     """The event's effect on subscribers and the delivery ledger; returns what it did."""
+    verdict = sendgrid_verdict(event)
+    issue_id, subscriber_id = _int(event.get("issue_id")), _int(event.get("subscriber_id"))
+    if verdict in (HARD, SOFT, COMPLAINT):
+        subscriber = find_subscriber(store, event)
+        if subscriber is None:
+            return None
+        done = apply_verdict(store, subscriber, issue_id, verdict)
+        if isinstance(event.get("sg_event_id"), str):  # counted per issue in `status`
+            store.record_bounce_report("sendgrid", event["sg_event_id"], {
+                "verdict": verdict, "status_code": str(event.get("status") or "") or None, "issue_id": issue_id,
+                "subscriber_id": subscriber["id"]})
+        return done
     status = suppresses(event)
     if status:
         subscriber = find_subscriber(store, event)
@@ -68,9 +144,12 @@ def apply(store: Any, event: dict[str, Any], when: str | None) -> str | None:
             return status
         return None
     column = DELIVERY_COLUMNS.get(event.get("event"))
-    issue_id, subscriber_id = _int(event.get("issue_id")), _int(event.get("subscriber_id"))
     if column and issue_id is not None and subscriber_id is not None and when:
         store.mark_delivery_event(issue_id, subscriber_id, column, when)
+        if verdict == DELIVERED:
+            subscriber = find_subscriber(store, event)
+            if subscriber is not None:
+                apply_verdict(store, subscriber, issue_id, DELIVERED)
         return column
     return None
 
@@ -98,4 +177,77 @@ def record_events(store: Any, provider: str, events: list[dict[str, Any]]) -> di
             counts["stored"] += 1
         else:
             counts["replayed"] += 1  # a concurrent retry stored it first; its effect is idempotent
+    return counts
+
+
+# -- bounce mail ------------------------------------------------------------------------------------
+
+MAIL = "mail"
+#: where a handled message goes, by what became of it
+UNREADABLE = ("unreadable", "unmatched")
+
+
+def report_verdict(report: Report) -> tuple[str | None, str]:
+    """(verdict, status code) of a parsed report: a complaint for ARF, else its worst recipient."""
+    if report.kind == "arf":
+        return (None, "") if report.feedback_type == "not-spam" else (COMPLAINT, "")
+    order = {HARD: 0, SOFT: 1, DELIVERED: 2}
+    judged = sorted(((v, r.status) for r in report.recipients if (v := status_verdict(r.status, r.action))),
+                    key=lambda pair: order[pair[0]])
+    return judged[0] if judged else (None, "")
+
+
+def match_delivery(store: Any, report: Report, bounce_address: str) -> tuple[dict[str, Any] | None, str]:
+    """The delivery a report is about, from what we put in the message; never from an address alone."""
+    ids = set(report.deliveries) | {d for _, d in report.message_ids}
+    if bounce_address:
+        ids |= verp_deliveries(report.envelope_to, bounce_address)
+    if not ids:
+        return None, "names no delivery of ours"
+    if len(ids) > 1:
+        return None, "names several deliveries"
+    delivery = store.delivery(ids.pop())
+    if delivery is None:
+        return None, "names a delivery we do not have"
+    issues = {i for i, _ in report.message_ids} | set(report.issues)
+    if issues and issues != {delivery["issue_id"]}:
+        return None, "its issue does not match the delivery's"
+    return delivery, ""
+
+
+def process_report(store: Any, raw: bytes, bounce_address: str = "") -> str:
+    """Handle one bounce or complaint message once; returns what became of it (a verdict, or why not)."""
+    report = parse_report(raw)
+    seen = store.bounce_report_verdict(MAIL, report.ref)
+    if seen is not None:
+        return seen
+    record: dict[str, Any] = {"verdict": "unreadable"}
+    if report.kind == "unknown":
+        log.info("bounce mail %s: unreadable: %s", report.ref, report.problem)
+    else:
+        delivery, why = match_delivery(store, report, bounce_address)
+        record["verdict"] = "unmatched"
+        if delivery is None:
+            log.info("bounce mail %s: a %s report, unmatched: %s", report.ref, report.kind, why)
+        else:
+            verdict, code = report_verdict(report)
+            record = {"verdict": verdict or "ignored", "status_code": code or None, "issue_id": delivery["issue_id"],
+                      "delivery_id": delivery["id"]}
+            subscriber = store.get_subscriber(id=delivery["subscriber_id"])
+            if subscriber is not None:
+                record["subscriber_id"] = subscriber["id"]
+                if verdict:
+                    apply_verdict(store, subscriber, delivery["issue_id"], verdict)
+    store.record_bounce_report(MAIL, report.ref, record)
+    return record["verdict"]
+
+
+def process_mailbox(store: Any, box: Any, bounce_address: str = "") -> Counter:
+    """Every message in the bounce mailbox, each handled once and then moved: understood ones to
+    `processed`, the rest to `unreadable` for a person to read. Nothing is deleted."""
+    counts: Counter = Counter()
+    for key, raw in box.items():
+        outcome = process_report(store, raw, bounce_address)
+        box.move(key, "unreadable" if outcome in UNREADABLE else "processed")
+        counts[outcome] += 1
     return counts

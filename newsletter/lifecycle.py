@@ -6,7 +6,7 @@ notices go through the configured messenger but never into the ledger.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .messengers import messenger_from_config, send_notice
@@ -79,9 +79,10 @@ class Status:
     subscribers: dict[str, int]
     attention: list[dict[str, Any]]
     drafts: list[dict[str, Any]]
+    bounces: dict[int, dict[str, int]] = field(default_factory=dict)  # issue -> hard, soft, complaint
 
 
 def status(ctx: Any) -> Status:
     store = ctx.store
     return Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
-                  store.deliveries_needing_attention(), store.issues(status="draft"))
+                  store.deliveries_needing_attention(), store.issues(status="draft"), store.bounce_counts())

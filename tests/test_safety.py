@@ -164,10 +164,10 @@ def test_bad_inputs_are_one_line_errors(loaded, runner, tmp_path):
         assert "Traceback" not in result.output
 
 
-def test_a_broken_template_override_names_the_file(make_site, runner):
+def test_a_broken_template_override_names_the_file(make_site, runner, tmp_path):
+    overrides = tmp_path / "broken" / "overrides"  # templates_dir must exist when the settings load
+    overrides.mkdir(parents=True)
     ctx = make_site("broken", templates_dir="overrides")
-    overrides = ctx.config.source.parent / "overrides"
-    overrides.mkdir()
     (overrides / "digest.txt").write_text("{% for card in cards %}\n{{ card.title }\n")
     from tests.conftest import load_samples
     load_samples(ctx)

@@ -144,6 +144,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
                       f'segments_file = "{tmp_path / "abs" / "segments.toml"}"\n')
     elsewhere = tmp_path / "somewhere" / "else"
     elsewhere.mkdir(parents=True)
+    (folder / "my-templates").mkdir()  # folders and files named by a setting must exist (checked below)
+    write_toml(tmp_path / "abs" / "segments.toml", "")
     config = load_config(path, env={}, cwd=elsewhere)
     assert config.database == str(folder / "data" / "site.db")
     assert config.outbox == str(tmp_path / "etc" / "mail" / "outbox")

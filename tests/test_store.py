@@ -51,7 +51,7 @@ def test_older_database_is_migrated_on_open_and_keeps_its_rows(tmp_path):
     assert "delivered_at" not in columns(raw, "deliveries")
     raw.close()
 
-    store = Store(path)
+    store = Store(path)  # an existing database: no `create` needed
     try:
         assert store.applied_migrations() == ALL_MIGRATIONS
         assert "m002_suppressions_and_delivery_events" in store.applied_migrations()
@@ -69,8 +69,8 @@ def test_older_database_is_migrated_on_open_and_keeps_its_rows(tmp_path):
 
 def test_migrations_are_recorded_once(tmp_path):
     path = tmp_path / "site.db"
-    Store(path).close()
-    Store(path).close()
+    Store(path, create=True).close()
+    Store(path, create=True).close()
     raw = sqlite3.connect(path)
     names = [r[0] for r in raw.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'newsletter'")]
     raw.close()
@@ -79,7 +79,7 @@ def test_migrations_are_recorded_once(tmp_path):
 
 
 def test_required_tables_and_uniqueness(tmp_path):
-    store = Store(tmp_path / "site.db")
+    store = Store(tmp_path / "site.db", create=True)
     try:
         tables = {r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"summaries", "subscribers", "issues", "deliveries", "events"} <= tables
@@ -102,7 +102,7 @@ def test_required_tables_and_uniqueness(tmp_path):
 
 
 def test_wal_mode_and_busy_timeout(tmp_path):
-    store = Store(tmp_path / "site.db")
+    store = Store(tmp_path / "site.db", create=True)
     try:
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
@@ -116,7 +116,7 @@ def test_wal_mode_and_busy_timeout(tmp_path):
 
 def test_two_stores_share_one_file(tmp_path):
     """Cron and the web app open the same file: a write by one is seen by the other."""
-    a, b = Store(tmp_path / "site.db"), Store(tmp_path / "site.db")
+    a, b = Store(tmp_path / "site.db", create=True), Store(tmp_path / "site.db", create=True)
     try:
         a.upsert_subscribers([{"email": "shared@example.org", "segment": "clinicians", "status": "active"}])
         assert b.get_subscriber("shared@example.org")["segment"] == "clinicians"
@@ -132,7 +132,7 @@ def summary(title: str, **extra) -> dict:
 
 
 def test_a_failing_summary_upsert_stores_nothing(tmp_path):
-    store = Store(tmp_path / "site.db")
+    store = Store(tmp_path / "site.db", create=True)
     try:
         store.upsert_summaries([summary("Kept before")])
         broken = {"title": "No slug of any kind", "published": "2026-11-02"}  # no slug, no derived_slug
@@ -146,7 +146,7 @@ def test_a_failing_summary_upsert_stores_nothing(tmp_path):
 
 
 def test_a_failing_subscriber_upsert_stores_nothing(tmp_path):
-    store = Store(tmp_path / "site.db")
+    store = Store(tmp_path / "site.db", create=True)
     try:
         with pytest.raises(KeyError):
             store.upsert_subscribers([{"email": "first@example.org", "segment": "patients"},

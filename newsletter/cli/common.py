@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -16,11 +17,12 @@ from ..segments import CADENCES, SegmentError
 from ..settings import ConfigError
 from ..sources.subscribers import SubscriberError
 from ..sources.summaries import IngestError
+from ..store import DatabaseError, StoreError, describe
 from ..digest import LockBusy
 from ..tokens import TokenError
 
 EXPECTED_ERRORS = (ConfigError, IngestError, SubscriberError, SegmentError, RenderError, FatalSendError,
-                   LockBusy, TokenError, LookupError)
+                   LockBusy, TokenError, LookupError, StoreError)
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -33,6 +35,9 @@ def handle_errors(fn: Callable) -> Callable:
             # KeyError's str() adds quotes; every other message is shown as written.
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             raise click.ClickException(str(message)) from None
+        except DatabaseError as exc:  # raised by SQLite below the store's own checks: still one line
+            ctx = next((a for a in args if isinstance(a, Context)), None)
+            raise click.ClickException(describe(Path(ctx.config.database) if ctx else Path("database"), exc)) from None
     return wrapper
 
 

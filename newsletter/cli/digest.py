@@ -81,6 +81,8 @@ def status(ctx: Context) -> None:
     for a in st.attention:
         hint = "see `issues show`; resend only with --retry-unknown" if a["status"] == "unknown" else a["example"]
         click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
+    for issue_id, n in sorted(st.bounces.items()):
+        click.echo(f"Bounces: issue {issue_id}: {n['hard']} hard, {n['soft']} soft, {n['complaint']} complaints")
 
 
 def print_report(report: RunReport) -> None:

@@ -16,6 +16,7 @@ from ..config_edit import remove_editor, set_editor
 from ..context import Context
 from ..segments import SegmentError
 from ..settings import ConfigError
+from ..store import StoreError
 from .common import handle_errors, pass_ctx
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -55,7 +56,7 @@ def serve(ctx: Context, host: str, port: int, threads: int, trusted_proxy: str |
     config = _config(ctx)
     try:
         app = create_app(config)
-    except (ConfigError, SegmentError) as exc:
+    except (ConfigError, SegmentError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"serving {config.site_name} on http://{host}:{port} (public address {config.site_url})")
     proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,

@@ -7,7 +7,8 @@ share it; migrations are named, recorded and applied on open.
 
 from __future__ import annotations
 
-from .connection import Tables, decode_topics, now_iso
+from .bounces import Bounces
+from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
 from .editor_sessions import EditorSessions
 from .events import Events
 from .issues import TRANSITIONS, Issues, may_send
@@ -19,10 +20,24 @@ from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 from .throttles import Attempt, Limit, Throttles
 
 
-class Store(Summaries, Subscribers, Signups, Issues, Ledger, Events, Throttles, EditorSessions, Tables):
+class Store(
+    Summaries,
+    Subscribers,
+    Signups,
+    Issues,
+    Ledger,
+    Events,
+    Bounces,
+    Throttles,
+    EditorSessions,
+    Tables,
+):
     """All table groups on one connection (a transaction may span groups)."""
 
 
-__all__ = ["NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS", "Attempt", "EditorSessions", "Events", "ImportCounts",
-           "Issues", "Ledger", "Limit", "Signups", "Store", "Subscribers", "Summaries", "Tables", "Throttles",
-           "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]
+__all__ = [
+    "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
+    "Attempt", "Bounces", "DatabaseError", "EditorSessions", "Events", "ImportCounts", "Issues", "Ledger", "Limit",
+    "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles",
+    "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "now_iso",
+]

@@ -1,13 +1,16 @@
 """The database file: one connection, WAL, a busy timeout, transactions that queue, migrations applied on open.
 
 `Tables` is what every table group builds on; `Store` (in __init__) composes
-the groups on one connection, so one transaction can span them.
+the groups on one connection, so one transaction can span them. Only `init`
+creates a database: a missing, empty, foreign, damaged or unwritable file is
+refused with one line naming it (a typo must never become a new empty list).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -17,6 +20,51 @@ from typing import Any, Iterator, Sequence
 from sqlite_utils import Database
 
 from .migrations import migrations
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: what a raw SQLite failure is, for layers that may not import sqlite3
+DatabaseError = sqlite3.Error
+
+
+class StoreError(Exception):
+    """The database cannot be used as it is; the message names the file, the cause and what to do."""
+
+
+def describe(path: Path, exc: sqlite3.Error) -> str:
+    """One line for an SQLite failure: the file, the real cause, what to do."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or "disk is full" in str(exc):
+        return f"{path}: the disk (or the database) is full; nothing of this change was written: free some space"
+    if name.startswith("SQLITE_READONLY") or "readonly" in str(exc):
+        return f"{path}: not writable by this user: fix the owner or mode of the file and of its folder"
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "malformed" in str(exc) or "not a database" in str(exc):
+        return f"{path}: the database is damaged ({exc}): restore it from a backup"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return f"{path}: busy: another process held the database too long ({exc}); try again"
+    return f"{path}: database error: {exc}"
+
+
+FIX = "correct the `database` setting, or run `newsletter init` to create a new one"
+
+
+def refusal(path: Path, create: bool) -> str | None:
+    """Why this file cannot be opened as the site's database, or None."""
+    fix = FIX
+    if not path.exists():
+        return None if create else f"{path}: no database here: {fix}"
+    if not path.is_file():
+        return f"{path}: not a file: {fix}"
+    if path.stat().st_size == 0:
+        return None if create else f"{path}: empty file (0 bytes), not a newsletter database: {fix}"
+    with path.open("rb") as fh:
+        if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            return f"{path}: not an SQLite database (damaged, or another kind of file): restore it from a backup or {fix}"
+    if not os.access(path, os.W_OK, effective_ids=True):
+        return f"{path}: not writable by this user: fix the owner or mode of the file"
+    if not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
+        return f"{path.parent}: folder not writable by this user (SQLite keeps its -wal and -shm files there)"
+    return None
 
 
 def now_iso() -> str:
@@ -42,19 +90,34 @@ class Tables:
     path: Path
     write_seconds: float
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = False):
+        """Open the site's database; only with `create` (what `init` does) may it be new or empty."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem = refusal(self.path, create)
+        if problem:
+            raise StoreError(problem)
+        existing = self.path.exists() and self.path.stat().st_size > 0
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self.conn = conn
-        self.db = Database(conn)
-        self.write_seconds = 0.0  # time spent in write transactions (the benchmark reports it)
-        migrations.apply(self.db)
+        try:
+            conn.row_factory = sqlite3.Row
+            if existing and not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_sqlite_migrations'").fetchone():
+                raise StoreError(f"{self.path}: an SQLite file, but not a newsletter database: {FIX}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self.conn = conn
+            self.db = Database(conn)
+            self.write_seconds = 0.0  # time spent in write transactions (the benchmark reports it)
+            migrations.apply(self.db)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(describe(self.path, exc)) from None
+        except StoreError:
+            conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -63,17 +126,28 @@ class Tables:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE so writers queue on the busy timeout instead of failing mid-way."""
         started = time.perf_counter()
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                # SQLite may have rolled back already (a full disk does): a second ROLLBACK would
+                # replace the real cause with "cannot rollback - no transaction is active".
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise
+            raise StoreError(describe(self.path, exc)) from exc
         self.write_seconds += time.perf_counter() - started
 
     def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.conn.execute(sql, params)]
+        try:
+            return [dict(row) for row in self.conn.execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise StoreError(describe(self.path, exc)) from exc
 
     def applied_migrations(self) -> list[str]:
         return [m.name for m in migrations.applied(self.db)]

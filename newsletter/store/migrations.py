@@ -173,3 +173,37 @@ def m006_throttles_and_editor_sessions(db: Database) -> None:
             expires_at REAL NOT NULL
         )""")
     db.execute("CREATE INDEX editor_sessions_editor ON editor_sessions (editor)")
+
+
+@migrations()
+def m009_bounce_reports(db: Database) -> None:
+    # Each bounce or complaint, by its source (bounce mail, SendGrid) and its own id, so a report read
+    # twice counts once; soft bounces per (subscriber, issue), so three issues in a row can be told apart
+    # from one issue retried three times. Neither keeps an address or a report's text.
+    db.execute("""
+        CREATE TABLE bounce_reports (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            status_code TEXT,
+            issue_id INTEGER,
+            delivery_id INTEGER,
+            subscriber_id INTEGER,
+            created_at TEXT NOT NULL,
+            UNIQUE (source, ref)
+        )""")
+    db.execute("CREATE INDEX bounce_reports_issue ON bounce_reports (issue_id)")
+    db.execute("""
+        CREATE TABLE soft_bounces (
+            subscriber_id INTEGER NOT NULL,
+            issue_id INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (subscriber_id, issue_id)
+        )""")
+    # A removed subscriber leaves nothing here that points at them.
+    db.execute("""
+        CREATE TRIGGER bounces_forget_subscriber AFTER DELETE ON subscribers BEGIN
+            DELETE FROM soft_bounces WHERE subscriber_id = OLD.id;
+            UPDATE bounce_reports SET subscriber_id = NULL WHERE subscriber_id = OLD.id;
+        END""")

@@ -7,7 +7,8 @@ config (`TESTING=True`, `LOGIN_MAX_FAILURES=3`, `CLOCK=fake_clock`; FLASK_DEFAUL
 
 Each request opens its own Store (SQLite in WAL mode, about a millisecond) and
 closes it when the request ends, so the threads of a WSGI server never share a
-connection.
+connection. The factory opens the database once first: a missing, empty,
+damaged or unwritable one stops the start (StoreError) instead of a 500 per request.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from flask import Flask, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from ..context import Context
 from ..segments import CADENCES, load_segments
 from ..settings import Config, load_config
 from ..tokens import Tokens
@@ -62,6 +64,7 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
     if config.site_url.endswith("/"):
         config = config.replace(site_url=config.site_url.rstrip("/"))
     secret = config.require_secret()
+    Context(config).store.close()
 
     app = Flask(__name__)
     secure = config.site_url.startswith("https://")
