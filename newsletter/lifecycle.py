@@ -6,7 +6,7 @@ notices go through the configured messenger but never into the ledger.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .messengers import messenger_from_config, send_notice
@@ -79,9 +79,12 @@ class Status:
     subscribers: dict[str, int]
     attention: list[dict[str, Any]]
     drafts: list[dict[str, Any]]
+    failing_feeds: list[dict[str, Any]] = field(default_factory=list)  # feeds whose last poll failed
 
 
 def status(ctx: Any) -> Status:
     store = ctx.store
-    return Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
-                  store.deliveries_needing_attention(), store.issues(status="draft"))
+    st = Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
+                store.deliveries_needing_attention(), store.issues(status="draft"))
+    st.failing_feeds = store.failing_feeds()
+    return st

@@ -18,9 +18,10 @@ from ..sources.subscribers import SubscriberError
 from ..sources.summaries import IngestError
 from ..digest import LockBusy
 from ..tokens import TokenError
+from ..topics import TopicError
 
 EXPECTED_ERRORS = (ConfigError, IngestError, SubscriberError, SegmentError, RenderError, FatalSendError,
-                   LockBusy, TokenError, LookupError)
+                   LockBusy, TokenError, TopicError, LookupError)
 
 
 def handle_errors(fn: Callable) -> Callable:

@@ -81,6 +81,8 @@ def status(ctx: Context) -> None:
     for a in st.attention:
         hint = "see `issues show`; resend only with --retry-unknown" if a["status"] == "unknown" else a["example"]
         click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
+    for f in st.failing_feeds:  # summaries pull
+        click.echo(f"Feed failing: {f['url']}: {f['failures']} in a row since {f['failing_since']}: {f['last_error']}")
 
 
 def print_report(report: RunReport) -> None:

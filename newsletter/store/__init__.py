@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from .connection import Tables, decode_topics, now_iso
 from .events import Events
+from .feeds import NOTICE_AFTER, Feeds
 from .issues import TRANSITIONS, Issues, may_send
 from .ledger import Ledger
 from .migrations import migrations
+from .reports import Reports
 from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 
 
-class Store(Summaries, Subscribers, Issues, Ledger, Events, Tables):
+class Store(Feeds, Summaries, Subscribers, Issues, Ledger, Events, Reports, Tables):
     """All table groups on one connection (a transaction may span groups)."""
 
 
-__all__ = ["SUMMARY_FIELDS", "TRANSITIONS", "Events", "ImportCounts", "Issues", "Ledger", "Store", "Subscribers",
-           "Summaries", "Tables", "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]
+__all__ = ["NOTICE_AFTER", "SUMMARY_FIELDS", "TRANSITIONS", "Events", "Feeds", "ImportCounts", "Issues", "Ledger",
+           "Reports", "Store", "Subscribers", "Summaries", "Tables", "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]

@@ -146,3 +146,28 @@ def m005_remember_audience_changes(db: Database) -> None:
     db.execute("ALTER TABLE subscribers ADD COLUMN audience_changed_at TEXT")
     db.execute("CREATE INDEX subscribers_audience_changed ON subscribers (id) WHERE audience_changed_at IS NOT NULL")
     db.execute("CREATE INDEX deliveries_subscriber ON deliveries (subscriber_id)")
+
+
+@migrations()
+def m010_feeds(db: Database) -> None:
+    # `summaries pull` polls each configured feed: what the server said last time
+    # (for a conditional GET) and how many polls in a row failed (for one notice).
+    db.execute("""
+        CREATE TABLE feeds (
+            url TEXT PRIMARY KEY,
+            etag TEXT,
+            last_modified TEXT,
+            checked_at TEXT,
+            ok_at TEXT,
+            failures INTEGER NOT NULL DEFAULT 0,
+            failing_since TEXT,
+            last_error TEXT,
+            notified_at TEXT
+        )""")
+    # A feed item is known by its guid/id first, so a retitled item with a new
+    # permalink updates its summary instead of adding a second one.
+    db.execute("ALTER TABLE summaries ADD COLUMN guid TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX summaries_guid ON summaries (guid) WHERE guid != ''")
+    db.execute("CREATE INDEX summaries_url ON summaries (url) WHERE url != ''")
+    # Items of a feed marked `drafts = true` wait for an editor before any digest selects them.
+    db.execute("ALTER TABLE summaries ADD COLUMN draft INTEGER NOT NULL DEFAULT 0")
