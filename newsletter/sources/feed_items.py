@@ -20,11 +20,13 @@ from .html_text import escape_text, hrefs, html_to_markdown, html_to_text
 DOI = re.compile(r"^10\.\d{4,9}/\S+$")
 DOI_IN_TEXT = re.compile(r"(?:doi\.org/|\bdoi:\s*)(10\.\d{4,9}/[^\s\"'<>]+)", re.I)
 DOI_PREFIX = re.compile(r"^\s*(?:doi:\s*|info:doi/|https?://(?:dx\.)?doi\.org/)", re.I)
-TRACKING = re.compile(r"^(?:utm_\w+|fbclid|gclid|mc_cid|mc_eid)$", re.I)
+TRACKING = re.compile(r"^(?:utm_\w+|fbclid|gclid|mc_cid|mc_eid|rss)$", re.I)
 #: Hosts whose links carry parameters that change between fetches; their path alone names the page.
 QUERY_IS_TRACKING = ("pubmed.ncbi.nlm.nih.gov", "www.ncbi.nlm.nih.gov")
 WORDPRESS_FOOTER = re.compile(r"^The post .+ appeared first on .+$", re.S)
-TRAILING_ELLIPSIS = re.compile(r"\s*(?:\[\s*(?:\u2026|\.\.\.|&#8230;|&hellip;)\s*\]|\u2026|\.\.\.)\s*$")
+#: What WordPress puts at the end of an excerpt: "[&#8230;]", "...", a "Continue reading" link.
+TRAILING_MORE = re.compile(r"\s*(?:\[\s*(?:\u2026|\.\.\.|&#8230;|&hellip;)\s*\]|\u2026|\.\.\.|"
+                           r"(?:Continue reading|Read more)\W*)\s*$", re.I)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
@@ -54,17 +56,18 @@ def _doi(candidate: Any) -> str:
     return text if DOI.match(text) else ""
 
 
-def find_doi(entry: Any, body_html: str) -> str:
-    """prism:doi, dc:identifier (`doi:` prefix), a DOI id, a doi.org link, then a `doi:` or doi.org in the text."""
+def find_doi(entry: Any, body_html: str) -> tuple[str, str]:
+    """(DOI, the text of the doi.org link it came from). From prism:doi, dc:identifier (`doi:` prefix), a DOI
+    id, a doi.org link of the entry or its body, then a `doi:` or doi.org in the text."""
     for candidate in (entry.get("prism_doi"), entry.get("dc_identifier"), entry.get("id")):
         if _doi(candidate):
-            return _doi(candidate)
-    links = [link.get("href", "") for link in entry.get("links", [])] + hrefs(body_html)
-    for href in links:
+            return _doi(candidate), ""
+    links = [(link.get("href", ""), "") for link in entry.get("links", [])] + hrefs(body_html)
+    for href, text in links:
         if re.match(r"^https?://(?:dx\.)?doi\.org/", href, re.I) and _doi(href):
-            return _doi(href)
+            return _doi(href), "" if _doi(text) or text.startswith("http") else text
     match = DOI_IN_TEXT.search(html_to_text(body_html))
-    return _doi(match.group(1)) if match else ""
+    return (_doi(match.group(1)), "") if match else ("", "")
 
 
 def text_of(detail: Any, value: str) -> str:
@@ -101,14 +104,18 @@ def body_markdown(value: str, kind: str, is_heading: Callable[[str], bool]) -> s
 
 
 def _citation(block: str) -> bool:
-    plain = html_to_text(block)
-    return "\n" not in block and len(plain) < 400 and (plain.startswith("PMID:") or bool(DOI_IN_TEXT.search(plain)))
+    """A short line naming the study ("Mult Scler. 2026 ... doi: 10...", "PMID: ...", "Source: [Journal](doi.org)")."""
+    return ("\n" not in block and len(block) < 400
+            and (block.startswith("PMID:") or bool(DOI_IN_TEXT.search(block))))
 
 
 def clean_teaser(markup: str) -> str:
     """An excerpt without WordPress's "The post ... appeared first on ..." and its trailing "[...]"."""
     paragraphs = [p for p in html_to_text(markup).split("\n\n") if not WORDPRESS_FOOTER.match(p)]
-    return TRAILING_ELLIPSIS.sub("", " ".join(paragraphs)).strip()
+    text, before = " ".join(paragraphs).strip(), None
+    while text != before:
+        text, before = TRAILING_MORE.sub("", text).strip(), text
+    return text
 
 
 def _words(text: str) -> str:
@@ -126,9 +133,9 @@ def feed_item(entry: Any, is_heading: Callable[[str], bool]) -> tuple[dict[str, 
     value, kind = _content(entry)
     has_content = bool(entry.get("content"))
     stamp = entry.get("published_parsed") or entry.get("updated_parsed")
-    doi = find_doi(entry, value if kind in HTML_TYPES else "")
+    doi, link_text = find_doi(entry, value if kind in HTML_TYPES else "")
     link = clean_link(entry.get("link", ""))
-    journal = " ".join(str(entry.get("prism_publicationname") or entry.get("dc_source") or "").split())
+    journal = " ".join(str(entry.get("prism_publicationname") or entry.get("dc_source") or link_text).split())
     raw = {
         "title": text_of(entry.get("title_detail"), entry.get("title", "")),
         "published": date(*stamp[:3]).isoformat() if stamp else "",

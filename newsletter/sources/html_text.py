@@ -182,7 +182,8 @@ def html_to_text(markup: str) -> str:
     return "\n\n".join(block for block in blocks if block)
 
 
-def hrefs(markup: str) -> list[str]:
-    """Every link target in the markup, in order."""
+def hrefs(markup: str) -> list[tuple[str, str]]:
+    """Every link in the markup, in order: (target, its text)."""
     root = _parse(markup)
-    return [] if root is None else [a.get("href", "") for a in root.iter("a") if a.get("href")]
+    return [] if root is None else [(a.get("href", "").strip(), " ".join(a.text_content().split()))
+                                    for a in root.iter("a") if a.get("href")]
