@@ -135,6 +135,7 @@ def feed_item(entry: Any, is_heading: Callable[[str], bool]) -> tuple[dict[str, 
     stamp = entry.get("published_parsed") or entry.get("updated_parsed")
     doi, link_text = find_doi(entry, value if kind in HTML_TYPES else "")
     link = clean_link(entry.get("link", ""))
+    link = link if re.match(r"^https?://[^\s/]+", link) else ""  # an id (urn:, tag:) standing in for a link
     journal = " ".join(str(entry.get("prism_publicationname") or entry.get("dc_source") or link_text).split())
     raw = {
         "title": text_of(entry.get("title_detail"), entry.get("title", "")),
