@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import re
 import http.server
 import shutil
 import threading
@@ -284,3 +285,54 @@ def test_a_failing_feed_is_reported_notified_once_and_never_blocks(make_site, ru
     assert "HTTP 503" in result.stdout
     notices = [m for m in read_maildir(ctx.config.outbox) if m["To"].addresses[0].addr_spec == "editors@example.org"]
     assert len(notices) == 3
+
+
+def test_the_weekly_cron_line_pulls_then_builds_even_when_a_feed_fails(site, feed_site, tmp_path):
+    """Run schedule.cron's weekly command as cron would (sh, NEWSLETTER_HOME), with one feed answering 500."""
+    import os
+    import subprocess
+    import sys
+
+    cron = (Path(__file__).resolve().parent.parent / "schedule.cron").read_text()
+    [weekly] = [line for line in cron.splitlines() if line.startswith("0 7 * * 1 ")]
+    command = weekly.split(None, 5)[5]
+    assert command.index("summaries pull") < command.index("digest run --cadence weekly")
+    good = feed_site.put("pubmed.xml")
+    feed_site.status["/down.xml"] = 500
+    with_feeds(site, {"url": f"{feed_site.url}/down.xml"}, {"url": good, "topics": ["NMOSD"]})
+    home = site.config.source.parent
+    (home / "newsletter.toml").exists() or (home / "newsletter.toml").symlink_to(site.config.source)
+    (home / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    (home / "secrets.env").write_text("")
+    (home / "log").mkdir()
+    env = {**os.environ, "NEWSLETTER_HOME": str(home)}
+    done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+    pulled = (home / "log" / "pull.log").read_text()
+    assert "down.xml: failed (1 in a row): url: could not fetch: HTTP 500" in pulled
+    assert f"{good}: 2 added" in pulled
+    digest_log = (home / "log" / "digest.log").read_text()
+    assert done.returncode == 0, digest_log
+    assert re.search(r"^sent \d+, failed 0, unknown 0, skipped \d+$", digest_log, re.M), digest_log
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[[feeds]]\ntopics = ["MS"]\n', "feeds[0]: url: missing"),
+    ('[[feeds]]\nurl = "https://a.example.org/feed"\ncolour = "red"\n', "feeds[0]: colour: unknown key"),
+    ('[[feeds]]\nurl = "https://a.example.org/feed"\ndrafts = "yes"\n', "feeds[0]: drafts: expected bool"),
+    ('[[feeds]]\nurl = "https://a.example.org/f"\n[[feeds]]\nurl = "https://a.example.org/f"\n', "the same url twice"),
+])
+def test_bad_feeds_settings_are_one_line_naming_the_entry(site, runner, table, message):
+    path = site.config.source
+    path.write_text(path.read_text().replace("[editors]", table + "\n[editors]", 1))
+    result = pull(runner, path)
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {path}: ") and message in line
+
+
+def test_feeds_from_the_environment(site, runner, feed_site, monkeypatch):
+    url = feed_site.put("medrxiv.atom")
+    monkeypatch.setenv("NEWSLETTER_FEEDS", f"{url} {feed_site.put('pubmed.xml')}")
+    result = pull(runner, site.config.source)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2 and len(rows(site)) == 3
