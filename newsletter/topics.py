@@ -7,10 +7,11 @@ while "Uncategorized" is reported and ignored instead of reaching the sign-up fo
 from __future__ import annotations
 
 import functools
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from .segments import read_site_file
 
 
 class TopicError(Exception):
@@ -51,12 +52,7 @@ def bundled_topics_file() -> Path:
 @functools.lru_cache(maxsize=8)
 def load_topics(path: str | Path | None = None) -> Topics:
     path = Path(path) if path else bundled_topics_file()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TopicError(f"{path}: topics file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TopicError(f"{path}: not valid TOML: {exc}") from None
+    data = read_site_file(path, TopicError, "topics")
     by_key: dict[str, str] = {}
     for name, table in data.items():
         where = f"{path}: [{name}]"
