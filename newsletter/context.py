@@ -1,4 +1,4 @@
-"""What every command and the web app need: the resolved config, the store, the segments.
+"""What every command and the web app need: the resolved config, the store, the segments and topics.
 
 The store opens only an existing newsletter database; `create_store` (for `init` alone) may make a new one.
 """
@@ -12,6 +12,7 @@ from typing import Any
 from .segments import Segment, load_segments
 from .settings import Config, load_config
 from .store import Store
+from .topics import Topics, load_topics
 
 
 class Context:
@@ -34,6 +35,10 @@ class Context:
     @functools.cached_property
     def segments(self) -> dict[str, Segment]:
         return load_segments(self.config.segments_file or None)
+
+    @functools.cached_property
+    def topics(self) -> Topics:
+        return load_topics(self.config.topics_file or None)
 
     def close(self) -> None:
         if "store" in self.__dict__:

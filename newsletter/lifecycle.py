@@ -80,9 +80,12 @@ class Status:
     attention: list[dict[str, Any]]
     drafts: list[dict[str, Any]]
     bounces: dict[int, dict[str, int]] = field(default_factory=dict)  # issue -> hard, soft, complaint
+    failing_feeds: list[dict[str, Any]] = field(default_factory=list)  # feeds whose last poll failed
 
 
 def status(ctx: Any) -> Status:
     store = ctx.store
-    return Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
-                  store.deliveries_needing_attention(), store.issues(status="draft"), store.bounce_counts())
+    st = Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
+                store.deliveries_needing_attention(), store.issues(status="draft"), store.bounce_counts())
+    st.failing_feeds = store.failing_feeds()
+    return st

@@ -29,14 +29,19 @@ def bundled_segments_file() -> Path:
     return Path(str(resources.files("newsletter._subscribers").joinpath("segments.toml")))
 
 
+def read_site_file(path: Path, error: type[Exception], what: str) -> dict:
+    """One of the site's TOML files beside the subscribers (segments, topics), or `error` naming it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_segments(path: str | Path | None = None) -> dict[str, Segment]:
     path = Path(path) if path else bundled_segments_file()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SegmentError(f"{path}: segments file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SegmentError(f"{path}: not valid TOML: {exc}") from None
+    data = read_site_file(path, SegmentError, "segments")
     segments = {}
     for name, table in data.items():
         where = f"{path}: [{name}]"

@@ -63,5 +63,6 @@ def select_summaries(store: Any, segment: str, cadence: str, today: date, max_ag
     """Published, recent, and not yet carried by any live issue of this segment and cadence."""
     sent = store.sent_slugs(segment, cadence)
     since = (today - timedelta(days=max_age_days)).isoformat()
-    fresh = [s for s in store.summaries(since=since, until=today.isoformat()) if s["slug"] not in sent]
+    fresh = [s for s in store.summaries(since=since, until=today.isoformat())
+             if s["slug"] not in sent and not s.get("draft")]  # a feed's drafts wait for an editor
     return fresh[:limit]

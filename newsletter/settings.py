@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass
@@ -55,6 +56,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rate_limit", 0.0, "Most messages per second sent (0 = no limit).", float),
     Setting("templates_dir", "", "Folder of templates that override the bundled ones (same names).", path=True),
     Setting("segments_file", "", "segments.toml defining the reader segments; empty = the bundled one.", path=True),
+    Setting("topics_file", "", "topics.toml listing the site's topics and their aliases; empty = the bundled one.",
+            path=True),
+    Setting("feeds", [], "Feeds `summaries pull` polls: [[feeds]] tables with url (or a file), optional topics "
+            "(added to every item) and drafts (items wait for an editor).", list),
+    Setting("feed_timeout", 20.0, "Seconds before a feed request times out.", float),
     Setting("smtp_host", "127.0.0.1", "SMTP server for the smtp backend."),
     Setting("smtp_port", 587, "SMTP port.", int),
     Setting("smtp_security", "starttls", "SMTP transport security.", choices=("starttls", "ssl", "none")),
@@ -144,6 +150,8 @@ def _check_url(setting: Setting, value: str, where: str) -> None:
 
 
 def _convert(setting: Setting, value: Any, where: str) -> Any:
+    if setting.kind is list:
+        return _feeds(value, where)
     try:
         value = _typed(setting, value)
     except (TypeError, ValueError, OverflowError):
@@ -167,6 +175,38 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
     if setting.choices and value not in setting.choices:
         raise ConfigError(f"{where}: {setting.name}: must be one of {', '.join(setting.choices)}, got {value!r}")
     return value
+
+
+FEED_KEYS = {"url": str, "topics": list, "drafts": bool}
+
+
+def _feeds(value: Any, where: str) -> list[dict[str, Any]]:
+    """[[feeds]] tables, or (from the environment) URLs separated by spaces; each checked by key."""
+    if isinstance(value, str):
+        value = [{"url": url} for url in value.split()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: feeds: expected [[feeds]] tables with a url, got {value!r}")
+    feeds = []
+    for index, table in enumerate(value):
+        label = f"{where}: feeds[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{label}: expected a table with a url, got {table!r}")
+        for key, item in table.items():
+            if key not in FEED_KEYS:
+                raise ConfigError(f"{label}: {key}: unknown key (use {', '.join(FEED_KEYS)})")
+            if not isinstance(item, FEED_KEYS[key]):
+                raise ConfigError(f"{label}: {key}: expected {FEED_KEYS[key].__name__}, got {item!r}")
+        url = str(table.get("url", "")).strip()
+        if not url:
+            raise ConfigError(f"{label}: url: missing")
+        topics = table.get("topics", [])
+        if not all(isinstance(t, str) and t.strip() for t in topics):
+            raise ConfigError(f"{label}: topics: expected a list of topic names, got {topics!r}")
+        feeds.append({"url": url, "topics": [t.strip() for t in topics], "drafts": table.get("drafts", False)})
+    urls = [f["url"] for f in feeds]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{where}: feeds: the same url twice: {next(u for u in urls if urls.count(u) > 1)!r}")
+    return feeds
 
 
 class Config:
@@ -283,6 +323,9 @@ def load_config(explicit: str | Path | None = None, env: Mapping[str, str] | Non
             _check_exists(setting.name, Path(values[setting.name]), origin.get(setting.name, "settings"))
     if values["bounce_mailbox"].startswith("maildir:"):
         values["bounce_mailbox"] = "maildir:" + str((base / values["bounce_mailbox"][len("maildir:"):]).resolve())
+    for feed in values["feeds"]:  # a feed may be a file, relative to the config file like other paths
+        if not re.match(r"^https?://", feed["url"], re.I):
+            feed["url"] = str((base / feed["url"]).resolve())
     values["site_url"] = values["site_url"].rstrip("/")
     return Config(values, source, env)
 
@@ -334,7 +377,7 @@ def render_config_file(overrides: Mapping[str, Any] | None = None) -> str:
              "# Secrets never go here: SENDGRID_API_KEY, NEWSLETTER_SECRET, NEWSLETTER_SMTP_PASSWORD, "
              "NEWSLETTER_BOUNCE_PASSWORD.", ""]
     for s in SETTINGS:
-        if s.kind is dict:
+        if s.kind in (dict, list):
             continue  # tables go last in TOML
         lines.append(f"# {s.help}")
         value = overrides.get(s.name, s.default)
@@ -342,6 +385,10 @@ def render_config_file(overrides: Mapping[str, Any] | None = None) -> str:
         prefix = "" if s.name in overrides else "# "
         lines.append(f"{prefix}{s.name} = {rendered}")
         lines.append("")
+    lines += ["# Feeds polled by `newsletter summaries pull` (conditional GET; a file path works too).",
+              "# One [[feeds]] table per feed; topics are added to every item, drafts = true holds items",
+              "# for an editor. Categories become topics only through topics_file.",
+              "# [[feeds]]", '# url = "https://example.org/feed/"', '# topics = ["MS"]', "# drafts = false", ""]
     lines += ["# Editor logins (name = password hash), written by `newsletter editors add NAME`.", "[editors]", ""]
     return "\n".join(lines)
 

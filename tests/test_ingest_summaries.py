@@ -99,7 +99,7 @@ def test_atom_feed_file(site):
     gfap, mogad = read_source(str(FEEDS / "atom.xml"))
     assert gfap["published"] == "2026-11-12"
     assert gfap["teaser"] == "A blood marker went up weeks before attacks."
-    assert gfap["findings"] == "In 60 people with NMOSD, serum GFAP rose a few weeks before an attack."
+    assert gfap["findings"] == "In 60 people with NMOSD, serum GFAP **rose** a few weeks before an attack."
     assert gfap["topics"] == ["NMOSD"]
     assert gfap["url"] == "https://atom.example.org/studies/gfap-before-attacks"
     assert mogad["published"] == "2026-11-08"  # no <published>: <updated> stands in

@@ -20,9 +20,10 @@ from ..sources.summaries import IngestError
 from ..store import DatabaseError, StoreError, describe
 from ..digest import LockBusy
 from ..tokens import TokenError
+from ..topics import TopicError
 
 EXPECTED_ERRORS = (ConfigError, IngestError, SubscriberError, SegmentError, RenderError, FatalSendError,
-                   LockBusy, TokenError, LookupError, StoreError)
+                   LockBusy, TokenError, TopicError, LookupError, StoreError)
 
 
 def handle_errors(fn: Callable) -> Callable:

@@ -83,6 +83,8 @@ def status(ctx: Context) -> None:
         click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
     for issue_id, n in sorted(st.bounces.items()):
         click.echo(f"Bounces: issue {issue_id}: {n['hard']} hard, {n['soft']} soft, {n['complaint']} complaints")
+    for f in st.failing_feeds:  # summaries pull
+        click.echo(f"Feed failing: {f['url']}: {f['failures']} in a row since {f['failing_since']}: {f['last_error']}")
 
 
 def print_report(report: RunReport) -> None:

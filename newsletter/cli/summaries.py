@@ -1,20 +1,22 @@
-"""`newsletter summaries`: import and list research summaries."""
+"""`newsletter summaries`: import, pull (the configured feeds), list and publish research summaries."""
 
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 
 import click
 
 from ..context import Context
+from ..pull import pull_feeds
 from ..sources.summaries import read_sources
 from .common import handle_errors, pass_ctx
 
 
 @click.group()
 def summaries() -> None:
-    """Import and list research summaries."""
+    """Import, pull, list and publish research summaries."""
 
 
 @summaries.command("import")
@@ -32,7 +34,7 @@ def summaries_import(ctx: Context, sources: tuple[str, ...]) -> None:
     Example:
         newsletter summaries import summaries/*.md feed.xml
     """
-    counts = ctx.store.upsert_summaries(read_sources(sources))
+    counts = ctx.store.upsert_summaries(read_sources(sources, ctx.topics))
     click.echo(f"{counts.inserted} added, {counts.updated} updated, {counts.revised} new revisions, "
                f"{counts.unchanged} unchanged")
 
@@ -51,5 +53,50 @@ def summaries_list(ctx: Context, since: datetime | None, topic: str | None, as_j
         return
     for r in rows:
         rev = f" (rev {r['revision']})" if r["revision"] > 1 else ""
-        click.echo(f"{r['published']}  {r['slug']}{rev}  [{', '.join(r['topics'])}]  {r['title']}")
+        held = " (draft)" if r.get("draft") else ""
+        click.echo(f"{r['published']}  {r['slug']}{rev}{held}  [{', '.join(r['topics'])}]  {r['title']}")
     click.echo(f"{len(rows)} summaries", err=True)
+
+
+@summaries.command("pull")
+@pass_ctx
+@handle_errors
+def summaries_pull(ctx: Context) -> None:
+    """Poll every feed of the `feeds` setting and import its new and changed items.
+
+    Each feed is fetched with a conditional GET (its ETag and Last-Modified are
+    kept), so an unchanged feed costs one 304 and imports nothing. Each feed's
+    items are stored in one transaction; a feed item is known by its guid, then
+    its link, then its title. One line per feed. A feed that fails does not stop
+    the others; after three failures in a row the editors get one notice. Exits 1
+    when any feed failed.
+
+    \b
+    Example (newsletter.toml):
+        [[feeds]]
+        url = "https://example.org/feed/"
+        topics = ["NMOSD"]
+        drafts = false
+    \b
+        newsletter summaries pull
+    """
+    results = pull_feeds(ctx)
+    for result in results:
+        click.echo(result.line())
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
+
+
+@summaries.command("publish")
+@click.argument("slugs", nargs=-1, required=True)
+@pass_ctx
+@handle_errors
+def summaries_publish(ctx: Context, slugs: tuple[str, ...]) -> None:
+    """Release summaries held as drafts (items of a feed with `drafts = true`) to the digests.
+
+    \b
+    Example:
+        newsletter summaries publish serum-gfap-rises-before-nmosd-attacks
+    """
+    count = ctx.store.publish_summaries(list(slugs))
+    click.echo(f"{count} published, {len(slugs) - count} already published")

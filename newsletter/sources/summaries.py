@@ -18,6 +18,8 @@ import feedparser
 import frontmatter
 import yaml
 
+from ..topics import Topics, load_topics
+from .feed_items import FeedRead, feed_item, useless_teaser
 from .fetch import FetchError, fetch_url
 
 FIELDS = ("title", "slug", "published", "teaser", "findings", "patients", "caregivers", "clinicians",
@@ -30,7 +32,7 @@ HEADINGS = {
     "for people with ms": "patients", "for patients": "patients", "patients": "patients",
     "for caregivers": "caregivers", "caregivers": "caregivers",
     "for healthcare providers": "clinicians", "for clinicians": "clinicians", "clinicians": "clinicians",
-    "limitations": "limitations",
+    "limitations": "limitations", "abstract": "findings", "summary": "findings",
 }
 DOI_RE = re.compile(r"^10\.\d{4,9}/\S+$")
 
@@ -42,6 +44,15 @@ class IngestError(Exception):
 def slugify(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:80].rstrip("-") or "summary"
+
+
+def first_sentence(markdown_text: str) -> str:
+    """The findings' first sentence as plain text: the teaser when none was given (or a feed's was useless)."""
+    text = re.sub(r"\[([^\]\n]+)\]\([^)\s]+\)", r"\1", markdown_text)
+    text = html.unescape(re.sub(r"(\*\*|__)(.+?)\1", r"\2", text))
+    text = " ".join(line for line in text.splitlines() if not re.match(r"^\s*#{1,6}\s", line))
+    text = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", " ".join(text.split()))
+    return re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0][:200]
 
 
 def _parse_date(value: Any) -> str:
@@ -102,11 +113,33 @@ def _clean(raw: dict[str, Any], where: str) -> dict[str, Any]:
     if record["slug"] and record["slug"] != slugify(record["slug"]):
         raise IngestError(f"{where}: slug: use lowercase letters, digits and hyphens: {record['slug']!r}")
     if not record["teaser"]:
-        first = re.split(r"(?<=[.!?])\s", record["findings"], maxsplit=1)[0]
-        record["teaser"] = first[:200]
+        record["teaser"] = first_sentence(record["findings"])
     record["slug"] = record["slug"] or None
     record["derived_slug"] = slugify(record["title"])
     return record
+
+
+def split_sections(body: str, where: str | None = None) -> dict[str, str]:
+    """`## Heading` lines -> the field each fills. With `where` (our own files) an unknown heading is an
+    error; without it (a feed's text) the line stays where it is, as text."""
+    sections: dict[str, list[str]] = {"findings": []}
+    current = "findings"
+    for line in body.splitlines():
+        match = re.match(r"^##\s+(.+?)\s*#*\s*$", line)
+        heading = match.group(1).strip().rstrip(":").strip().lower() if match else ""
+        if match and heading in HEADINGS:
+            current = HEADINGS[heading]
+            sections.setdefault(current, [])
+            continue
+        if match and where is not None:
+            raise IngestError(f"{where}: body: unknown section heading {match.group(1)!r} "
+                              f"(use: For people with MS, For caregivers, For healthcare providers, Limitations)")
+        sections.setdefault(current, []).append(line)
+    return {field: "\n".join(lines).strip() for field, lines in sections.items() if "\n".join(lines).strip()}
+
+
+def is_heading(text: str) -> bool:
+    return text.strip().rstrip(":").strip().lower() in HEADINGS
 
 
 def parse_markdown(text: str, where: str) -> list[dict[str, Any]]:
@@ -119,27 +152,11 @@ def parse_markdown(text: str, where: str) -> list[dict[str, Any]]:
     if not post.metadata:
         raise IngestError(f"{where}: front matter: missing (start the file with --- and a YAML block)")
     raw = dict(post.metadata)
-    sections: dict[str, list[str]] = {"findings": []}
-    current = "findings"
-    for line in post.content.splitlines():
-        match = re.match(r"^##\s+(.+?)\s*#*\s*$", line)
-        if match:
-            heading = match.group(1).strip().rstrip(":").lower()
-            if heading not in HEADINGS:
-                raise IngestError(f"{where}: body: unknown section heading {match.group(1)!r} "
-                                  f"(use: For people with MS, For caregivers, For healthcare providers, Limitations)")
-            current = HEADINGS[heading]
-            if current in raw:
-                raise IngestError(f"{where}: {current}: given both in front matter and as a section")
-            sections.setdefault(current, [])
-            continue
-        sections.setdefault(current, []).append(line)
-    for field, lines in sections.items():
-        body = "\n".join(lines).strip()
-        if body:
-            if field in raw and field == "findings":
-                raise IngestError(f"{where}: findings: given both in front matter and in the body")
-            raw[field] = body
+    for field, body in split_sections(post.content, where).items():
+        if field in raw:
+            where_else = "in the body" if field == "findings" else "as a section"
+            raise IngestError(f"{where}: {field}: given both in front matter and {where_else}")
+        raw[field] = body
     return [_clean(raw, where)]
 
 
@@ -158,46 +175,46 @@ def parse_json(text: str, where: str) -> list[dict[str, Any]]:
     return records
 
 
-def parse_feed(content: bytes | str, where: str) -> list[dict[str, Any]]:
+def parse_feed(content: bytes | str, where: str, topics: Topics | None = None, implied: Iterable[str] = (),
+               strict: bool = True) -> FeedRead:
+    """A feed's items as records. Strict (an import): one bad item rejects the feed. Otherwise (a pull)
+    a bad item is skipped and named in `skipped`, and the others are read."""
     feed = feedparser.parse(content)
     if feed.bozo and not feed.entries:
         raise IngestError(f"{where}: feed: not a readable RSS or Atom feed ({feed.bozo_exception})")
-    if not feed.entries:
+    if not feed.entries and (feed.bozo or not feed.get("version")):
         raise IngestError(f"{where}: feed: has no entries")
-    records = []
+    topics = topics or load_topics()
+    read = FeedRead()
     for index, entry in enumerate(feed.entries):
         label = f"{where}[{index}]"
-        stamp = entry.get("published_parsed") or entry.get("updated_parsed")
-        content_html = entry["content"][0]["value"] if entry.get("content") else ""
-        raw = {
-            "title": entry.get("title", ""),
-            "published": date(*stamp[:3]).isoformat() if stamp else "",
-            "teaser": _strip_tags(entry.get("summary", "")) if content_html else "",
-            "findings": _strip_tags(content_html or entry.get("summary", "")),
-            "url": entry.get("link", ""),
-            "source_url": entry.get("link", ""),
-            "topics": [t["term"] for t in entry.get("tags", []) if t.get("term")],
-        }
-        records.append(_clean(raw, label))
-    return records
+        raw, extra = feed_item(entry, is_heading)
+        raw.update(split_sections(raw.pop("body")))
+        found, unknown = topics.map(raw.pop("categories"))
+        raw["topics"] = list(dict.fromkeys([*implied, *found]))
+        try:
+            record = _clean(raw, label)
+        except IngestError as exc:
+            if strict:
+                raise
+            read.skipped.append(str(exc))
+            continue
+        record.update(extra)
+        if useless_teaser(record["teaser"], record["findings"], record["journal"]):
+            record["teaser"] = first_sentence(record["findings"])
+        read.records.append(record)
+        read.ignored += [term for term in unknown if term not in read.ignored]
+    return read
 
 
-def _strip_tags(markup: str) -> str:
-    """Feeds carry HTML; keep the words, drop every tag (the renderer escapes what is left)."""
-    text = re.sub(r"<(script|style)\b.*?</\1\s*>", " ", markup, flags=re.S | re.I)
-    text = re.sub(r"<br\s*/?>|</p\s*>", "\n\n", text, flags=re.I)
-    text = re.sub(r"<[^>]+>", "", text)
-    return re.sub(r"\n{3,}", "\n\n", html.unescape(text)).strip()
-
-
-def read_source(source: str) -> list[dict[str, Any]]:
+def read_source(source: str, topics: Topics | None = None) -> list[dict[str, Any]]:
     """One path or http(s) URL -> its summaries, chosen by suffix or content."""
     if re.match(r"^https?://", source):
         try:
             content = fetch_url(source)
         except FetchError as exc:
             raise IngestError(str(exc)) from None
-        return parse_feed(content, source)
+        return parse_feed(content, source, topics).records
     path = Path(source)
     if path.is_dir():
         raise IngestError(f"{source}: path: is a folder (pass its files, e.g. {source}/*.md)")
@@ -213,17 +230,17 @@ def read_source(source: str) -> list[dict[str, Any]]:
     if suffix == ".json":
         return parse_json(text, source)
     if suffix in (".xml", ".rss", ".atom") or text.lstrip().startswith("<"):
-        return parse_feed(text, source)
+        return parse_feed(text, source, topics).records
     raise IngestError(f"{source}: format: unknown (use .md with front matter, .json, or an RSS/Atom .xml)")
 
 
-def read_sources(sources: Iterable[str]) -> list[dict[str, Any]]:
+def read_sources(sources: Iterable[str], topics: Topics | None = None) -> list[dict[str, Any]]:
     """All sources or an error: a batch with one bad file is rejected whole."""
     records: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     for source in sources:
-        for record in read_source(str(source)):
-            key = record["slug"] or record["derived_slug"]
+        for record in read_source(str(source), topics):
+            key = record.get("guid") or record["slug"] or record["derived_slug"]
             if key in seen:
                 raise IngestError(f"{source}: slug: {key!r} appears twice in this import (also in {seen[key]})")
             seen[key] = str(source)

@@ -11,9 +11,11 @@ from .bounces import Bounces
 from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
 from .editor_sessions import EditorSessions
 from .events import Events
+from .feeds import NOTICE_AFTER, Feeds
 from .issues import TRANSITIONS, Issues, may_send
 from .ledger import Ledger
 from .migrations import migrations
+from .reports import Reports
 from .signups import NOT_BY_LINK, Signups
 from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
@@ -21,6 +23,7 @@ from .throttles import Attempt, Limit, Throttles
 
 
 class Store(
+    Feeds,
     Summaries,
     Subscribers,
     Signups,
@@ -28,6 +31,7 @@ class Store(
     Ledger,
     Events,
     Bounces,
+    Reports,
     Throttles,
     EditorSessions,
     Tables,
@@ -36,8 +40,8 @@ class Store(
 
 
 __all__ = [
-    "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
-    "Attempt", "Bounces", "DatabaseError", "EditorSessions", "Events", "ImportCounts", "Issues", "Ledger", "Limit",
-    "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles",
+    "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
+    "Attempt", "Bounces", "DatabaseError", "EditorSessions", "Events", "Feeds", "ImportCounts", "Issues", "Ledger",
+    "Limit", "Reports", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles",
     "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "now_iso",
 ]

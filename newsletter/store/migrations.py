@@ -207,3 +207,28 @@ def m009_bounce_reports(db: Database) -> None:
             DELETE FROM soft_bounces WHERE subscriber_id = OLD.id;
             UPDATE bounce_reports SET subscriber_id = NULL WHERE subscriber_id = OLD.id;
         END""")
+
+
+@migrations()
+def m010_feeds(db: Database) -> None:
+    # `summaries pull` polls each configured feed: what the server said last time
+    # (for a conditional GET) and how many polls in a row failed (for one notice).
+    db.execute("""
+        CREATE TABLE feeds (
+            url TEXT PRIMARY KEY,
+            etag TEXT,
+            last_modified TEXT,
+            checked_at TEXT,
+            ok_at TEXT,
+            failures INTEGER NOT NULL DEFAULT 0,
+            failing_since TEXT,
+            last_error TEXT,
+            notified_at TEXT
+        )""")
+    # A feed item is known by its guid/id first, so a retitled item with a new
+    # permalink updates its summary instead of adding a second one.
+    db.execute("ALTER TABLE summaries ADD COLUMN guid TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX summaries_guid ON summaries (guid) WHERE guid != ''")
+    db.execute("CREATE INDEX summaries_url ON summaries (url) WHERE url != ''")
+    # Items of a feed marked `drafts = true` wait for an editor before any digest selects them.
+    db.execute("ALTER TABLE summaries ADD COLUMN draft INTEGER NOT NULL DEFAULT 0")

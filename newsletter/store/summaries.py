@@ -1,4 +1,5 @@
-"""Research summaries: imported by slug (else source URL), immutable once sent (a change becomes a revision)."""
+"""Research summaries: imported by slug (else a feed's guid, link or source URL), immutable once sent (a change
+becomes a revision)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .connection import Tables, conditions, decode_topics, now_iso
 
@@ -30,40 +31,79 @@ class ImportCounts:
 
 class Summaries(Tables):
     def upsert_summaries(self, records: Iterable[dict[str, Any]]) -> ImportCounts:
-        """Insert or update by slug (else source URL), all or nothing.
+        """Insert or update, all or nothing (one transaction).
 
         A summary that already went out in an issue is immutable: a changed
         import becomes a new revision that selection treats as an update.
         """
+        with self.transaction() as conn:
+            return self.upsert_summaries_in(conn, records)
+
+    def upsert_summaries_in(self, conn: sqlite3.Connection, records: Iterable[dict[str, Any]]) -> ImportCounts:
+        """The import's work inside the caller's transaction (a feed's pull also records its state in it)."""
         counts = ImportCounts()
         now = now_iso()
-        with self.transaction() as conn:
-            for record in records:
-                slug = record.get("slug")
-                if not slug and record.get("source_url"):
-                    row = conn.execute("SELECT slug FROM summaries WHERE source_url = ? ORDER BY revision DESC",
-                                       (record["source_url"],)).fetchone()
-                    slug = row["slug"] if row else None
-                slug = slug or record["derived_slug"]
-                values = {k: record.get(k) or "" for k in SUMMARY_FIELDS}
-                values["topics"] = json.dumps(list(record.get("topics") or []), ensure_ascii=False)
-                values["content_hash"] = content_hash(values)
-                current = conn.execute("SELECT * FROM summaries WHERE slug = ? ORDER BY revision DESC LIMIT 1",
-                                       (slug,)).fetchone()
-                if current is None:
-                    self._insert_summary(conn, slug, 1, values, now)
-                    counts.inserted += 1
-                elif current["content_hash"] == values["content_hash"]:
-                    counts.unchanged += 1
-                elif self._summary_was_sent(conn, current["id"]):
-                    self._insert_summary(conn, slug, current["revision"] + 1, values, now)
-                    counts.revised += 1
-                else:
-                    sets = ", ".join(f"{k} = :{k}" for k in values)
-                    conn.execute(f"UPDATE summaries SET {sets}, imported_at = :now WHERE id = :id",
-                                 {**values, "now": now, "id": current["id"]})
-                    counts.updated += 1
+        for record in records:
+            slug = self._identify(conn, record)
+            values = {k: record.get(k) or "" for k in SUMMARY_FIELDS}
+            values["topics"] = json.dumps(list(record.get("topics") or []), ensure_ascii=False)
+            values["content_hash"] = content_hash(values)
+            guid = record.get("guid") or ""
+            draft = 1 if record.get("draft") else 0
+            current = conn.execute("SELECT * FROM summaries WHERE slug = ? ORDER BY revision DESC LIMIT 1",
+                                   (slug,)).fetchone()
+            if current is not None and guid and not current["guid"]:
+                conn.execute("UPDATE summaries SET guid = ? WHERE slug = ?", (guid, slug))  # identity, not content
+            if current is None:
+                self._insert_summary(conn, slug, 1, {**values, "guid": guid, "draft": draft}, now)
+                counts.inserted += 1
+            elif current["content_hash"] == values["content_hash"]:
+                counts.unchanged += 1
+            elif self._summary_was_sent(conn, current["id"]):
+                self._insert_summary(conn, slug, current["revision"] + 1,
+                                     {**values, "guid": guid or current["guid"], "draft": draft}, now)
+                counts.revised += 1
+            else:  # a draft that an editor already published stays published
+                sets = ", ".join(f"{k} = :{k}" for k in values)
+                conn.execute(f"UPDATE summaries SET {sets}, imported_at = :now WHERE id = :id",
+                             {**values, "now": now, "id": current["id"]})
+                counts.updated += 1
         return counts
+
+    @staticmethod
+    def _identify(conn: sqlite3.Connection, record: dict[str, Any]) -> str:
+        """The slug a record belongs to: its own slug; else a feed item's guid, then its link; then the source
+        URL; then the title's slug, unless that slug belongs to another feed item (then a new, numbered one)."""
+        if record.get("slug"):
+            return record["slug"]
+        guid = record.get("guid") or ""
+        lookups = [("guid = ?", guid), ("url = ? AND guid IN ('', ?)", record.get("url")),
+                   ("source_url = ? AND guid IN ('', ?)", record.get("source_url"))]
+        for clause, value in lookups:
+            if value:
+                params = (value, guid) if "guid IN" in clause else (value,)
+                row = conn.execute(f"SELECT slug FROM summaries WHERE {clause} ORDER BY revision DESC LIMIT 1",
+                                   params).fetchone()
+                if row:
+                    return row["slug"]
+        base = slug = record["derived_slug"]
+        number = 1
+        while guid:
+            row = conn.execute("SELECT guid FROM summaries WHERE slug = ? LIMIT 1", (slug,)).fetchone()
+            if row is None or row["guid"] in ("", guid):
+                break
+            number += 1
+            slug = f"{base}-{number}"
+        return slug
+
+    def publish_summaries(self, slugs: Sequence[str]) -> int:
+        """Release summaries held as drafts (from a feed with `drafts = true`) to the digests."""
+        with self.transaction() as conn:
+            missing = [s for s in slugs if not conn.execute("SELECT 1 FROM summaries WHERE slug = ?", (s,)).fetchone()]
+            if missing:
+                raise LookupError(f"slug: no summary {missing[0]!r}")
+            return conn.execute("UPDATE summaries SET draft = 0 WHERE draft = 1 AND slug IN "
+                                "(SELECT value FROM json_each(?))", (json.dumps(list(slugs)),)).rowcount
 
     @staticmethod
     def _insert_summary(conn: sqlite3.Connection, slug: str, revision: int, values: dict, now: str) -> None:
