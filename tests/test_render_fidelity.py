@@ -180,19 +180,22 @@ def test_the_text_twin_walks_the_sanitised_tree():
                     "> quoted words\n\nSee the registry (https://example.org/r), https://example.org/a and "
                     "mail us (mailto:team@example.org).")
     assert html_to_text(markdown_to_safe_html("<script>alert(1)</script>Kept.")) == "Kept."
+    # Raw block HTML is sanitised like inline HTML, without leaving empty paragraphs behind.
+    html = markdown_to_safe_html("<div>\n\nIn a div.\n\n</div>\n\n<p>Own paragraph</p>")
+    assert str(html).split() == ["<p>In", "a", "div.</p>", "<p>Own", "paragraph</p>"] and html_to_text(html) == "In a div.\n\nOwn paragraph"
 
 
 # -- teaser entries keep their limitations -------------------------------------------------------------
 
 def test_teaser_entries_keep_a_limitations_line():
-    summaries = [summary(1), summary(2, limitations="Only twelve mice. Short follow-up <in weeks>."),
+    summaries = [summary(1), summary(2, limitations="Only twelve mice, e.g. no humans. Short follow-up <in weeks>."),
                  summary(3, limitations="")]
     r = render(renderer(max_summaries=1), summaries)
     assert r.full_cards == 1
     visible, text = body_text(r.html), r.text
     more_html, more_text = visible[visible.index("More new summaries"):], text[text.index("More new summaries"):]
     for more in (more_html, more_text):
-        assert "Limitations: Only twelve mice." in more and "Short follow-up" not in more
+        assert "Limitations: Only twelve mice, e.g. no humans." in more and "Short follow-up" not in more
         assert f"Limitations: {NO_LIMITATIONS}" in more
 
 

@@ -32,10 +32,12 @@ BARE_ATTRIBUTES = frozenset({
     "hidden", "inert", "ismap", "loop", "multiple", "muted", "nomodule", "novalidate", "open", "playsinline",
     "readonly", "required", "reversed", "selected"})
 _TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)(?=[\s/>])(.*?)/?>\Z", re.S)
-_ATTRIBUTE = re.compile(r"""\s*([^\s"'=<>/]+)(\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?""")
+_ATTRIBUTE = re.compile(r"""\s*([^\s"'=<>/]+)(\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'<>`]+))?""")
 _BLOCKS = {"p", "ul", "ol", "blockquote", "li"}
 _BREAK = "\x00"  # a <br> while a paragraph is gathered; parsed HTML text never holds NUL
-_SENTENCE = re.compile(r".+?[.!?](?=\s|$)", re.S)
+#: A sentence ends at . ! or ? before a capital, a digit, an opening quote or bracket, or the end ("e.g. a" goes on).
+_SENTENCE = re.compile(r".+?[.!?](?=\s+[A-Z0-9À-Þ\"'(\[]|\s*$)", re.S)
+_EMPTY_PARAGRAPH = re.compile(r"<p>\s*</p>\s*")
 
 
 def is_markup(raw: str) -> bool:
@@ -96,7 +98,8 @@ def markdown_to_safe_html(text: str) -> Markup:
     rendered = md.reset().convert(text)
     cleaned = nh3.clean(rendered, tags=ALLOWED_TAGS, attributes={"a": {"href"}},
                         url_schemes={"http", "https", "mailto"})
-    return Markup(cleaned)
+    # Raw block HTML goes through Markdown's paragraphs (to be tested as markup), leaving empty ones.
+    return Markup(_EMPTY_PARAGRAPH.sub("", cleaned))
 
 
 def plain_text(text: str) -> str:
