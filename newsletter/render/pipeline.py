@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jinja2
 import mjml
@@ -129,8 +129,8 @@ class Renderer:
         }
         full = min(max(self.max_summaries, 0), count)
         while True:
-            html = _finish(neutralise_html, self._compile_html({**context, "cards": cards[:full], "more": cards[full:]}),
-                           markers)
+            parts = {**context, "cards": cards[:full], "more": cards[full:]}
+            html = _finish(neutralise_html, self._compile_html(parts), markers)
             size = self.budget_size(html)
             if size <= self.max_html_bytes:
                 break
@@ -141,17 +141,17 @@ class Renderer:
             self.stats.counts["size_retry"] += 1
             full = max(0, min(full - 1, int(full * self.max_html_bytes / size) - 1))
         started = time.perf_counter()
-        text = _finish(neutralise_text, self._template("digest.txt", {**context, "cards": cards[:full],
-                                                                     "more": cards[full:]}), markers)
+        text = _finish(neutralise_text, self._template("digest.txt", parts), markers)
         self.stats.seconds["text"] += time.perf_counter() - started
         started = time.perf_counter()
-        check_footer(html, text, {**context, "unsubscribe_url": f"{self.site_url}/u/{UNSUB_TOKEN}",
-                                  "preferences_url": f"{self.site_url}/p/{PREFS_TOKEN}"}, cards, self.postal_address)
+        finished = {**context, "unsubscribe_url": f"{self.site_url}/u/{UNSUB_TOKEN}",
+                    "preferences_url": f"{self.site_url}/p/{PREFS_TOKEN}"}
+        check_footer(html, text, finished, cards, self.postal_address)
         self.stats.seconds["checks"] += time.perf_counter() - started
         self.stats.counts["render"] += 1
         return Rendered(issue_id=issue_id, segment=segment.name, cadence=cadence, variant=variant,
-                        subject=neutralise_text(subject), preheader=neutralise_text(preheader), html=html, text=text,
-                        summary_ids=[c["id"] for c in cards], full_cards=full)
+                        subject=neutralise_text(subject), preheader=neutralise_text(preheader), html=html,
+                        text=text, summary_ids=[c["id"] for c in cards], full_cards=full)
 
     @staticmethod
     def budget_size(html: str) -> int:
@@ -188,7 +188,7 @@ class Renderer:
         return inlined
 
 
-def _finish(neutralise: Any, content: str, markers: Mapping[str, str]) -> str:
+def _finish(neutralise: Callable[[str], str], content: str, markers: Mapping[str, str]) -> str:
     """Neutralise what content spelled, then turn this render's markers into the placeholders."""
     content = neutralise(content)
     for key, marker in markers.items():
