@@ -18,31 +18,35 @@ DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped
 
 # -- personalisation -----------------------------------------------------------
 
-#: Per-recipient placeholders. They sit inside absolute URLs so premailer's
-#: base_url rewriting leaves them alone, and SendGrid substitutes them as is.
+#: Per-recipient placeholders, and the keys of a recipient's values. They sit inside absolute URLs so
+#: premailer's base_url rewriting leaves them alone, and SendGrid substitutes them as is. The renderer
+#: writes them only where its templates put them; content can never spell one (below).
 UNSUB_TOKEN = "-nl-utok-"
 PREFS_TOKEN = "-nl-ptok-"
 GREETING_HTML = "-nl-hgreet-"
 GREETING_TEXT = "-nl-tgreet-"
 PLACEHOLDERS = (UNSUB_TOKEN, PREFS_TOKEN, GREETING_HTML, GREETING_TEXT)
 _PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(key) for key in PLACEHOLDERS) + ")")
+#: Every placeholder starts "-nl-": a hyphen that would start "nl-" is what content must never leave.
+_PLACEHOLDER_START = re.compile(r"-(?=nl-)")
 
 
-def defuse(text: str) -> str:
-    """Content must never contain a placeholder that substitution would fill."""
-    return text.replace("-nl-", "-n\u200cl-")
+def neutralise_html(html: str) -> str:
+    """No placeholder left in finished HTML, and nothing a reader sees changed: each hyphen that would
+    start one becomes `&#45;` (the same hyphen to a browser, in text and attributes alike)."""
+    return _PLACEHOLDER_START.sub("&#45;", html)
 
 
-def defuse_url(url: str) -> str:
-    """The same for a URL, kept equivalent: %2D is the percent-encoded hyphen."""
-    return url.replace("-nl-", "%2Dnl-")
+def neutralise_text(text: str) -> str:
+    """The same for finished text (or a header): a zero-width non-joiner after each such hyphen."""
+    return _PLACEHOLDER_START.sub("-\u200c", text)
 
 
 def greeting(name: str) -> tuple[str, str]:
     """(html, text) greeting for one recipient."""
-    name = defuse(" ".join(name.split()))
+    name = " ".join(name.split())
     text = f"Hello {name}," if name else "Hello,"
-    return htmllib.escape(text), text
+    return neutralise_html(htmllib.escape(text)), neutralise_text(text)
 
 
 def recipient_values(unsubscribe_token: str, preferences_token: str, name: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from newsletter.cli import cli
-from newsletter.settings import parse_mailbox
+from newsletter.setting_values import parse_mailbox
 from newsletter.sources.bounces import BounceMailboxError, ImapBounces
 
 from .fixtures_servers import free_port, wait_for_port

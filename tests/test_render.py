@@ -232,7 +232,7 @@ def test_markup_in_a_summary_renders_escaped(segment):
     for gone in ("alert('f')", "alert('f2')", "<iframe", "steal()", "evil.example"):
         assert gone not in visible and gone not in r.text and gone not in r.html
     assert "Stray {{ 7*7 }} and {% raw %}" in visible and "Stray {{ 7*7 }} and {% raw %}" in r.text
-    # Placeholders in content are defused: a recipient's token never lands in summary text.
+    # Placeholders spelled by content are neutralised: a recipient's token never lands in summary text.
     html, text = r.personalise({UNSUB_TOKEN: "U-VALUE", PREFS_TOKEN: "P-VALUE", GREETING_HTML: "", GREETING_TEXT: ""})
     assert html.count("U-VALUE") == r.html.count(UNSUB_TOKEN) == 1
     assert text.count("U-VALUE") == r.text.count(UNSUB_TOKEN) == 1

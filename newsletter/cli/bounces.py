@@ -6,7 +6,7 @@ import click
 
 from ..context import Context
 from ..feedback import process_mailbox
-from ..settings import ConfigError, parse_mailbox
+from ..setting_values import ConfigError, parse_mailbox
 from ..sources.bounces import BounceMailboxError, open_mailbox
 from .common import handle_errors, pass_ctx
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..model import defuse, defuse_url
 from ..segments import Segment
-from .content import date_label, markdown_to_safe_html, markdown_to_text, plain_text, shorten
+from .content import date_label, first_sentence, html_to_text, markdown_to_safe_html, plain_text, shorten
 
 SECTION_LABELS = {
     "findings": "What was found",
@@ -27,11 +26,11 @@ SUBJECT_MAX = 90
 
 
 def card(summary: Mapping[str, Any], segment: Segment, site_url: str) -> dict[str, Any]:
-    """The segment's sections, in its order.
+    """The segment's sections, in its order, each as HTML and as the text walked from that HTML.
 
     Limitations are never dropped: the section is added at the end when a segment leaves it out
-    (as segments.py does on load), and a summary without limitations gets a line saying the source
-    did not state them.
+    (as segments.py does on load), a summary without limitations gets a line saying the source
+    did not state them, and a teaser entry (past the card or size cap) keeps their first sentence.
     """
     sections = []
     names = list(segment.sections) + ([] if "limitations" in segment.sections else ["limitations"])
@@ -45,10 +44,12 @@ def card(summary: Mapping[str, Any], segment: Segment, site_url: str) -> dict[st
                 continue
             body = NO_LIMITATIONS
         label = OWN_SECTION_LABELS.get(name, "") if name == segment.name else ""
-        sections.append({"name": name, "label": label or SECTION_LABELS[name],
-                         "html": markdown_to_safe_html(body), "text": markdown_to_text(body)})
-    source_url = defuse_url(summary.get("source_url") or "")
-    doi = defuse(summary.get("doi") or "")
+        html = markdown_to_safe_html(body)
+        sections.append({"name": name, "label": label or SECTION_LABELS[name], "html": html,
+                         "text": html_to_text(html)})
+    limitations = next(s["text"] for s in sections if s["name"] == "limitations")
+    source_url = summary.get("source_url") or ""
+    doi = summary.get("doi") or ""
     return {
         "id": summary["id"],
         "title": plain_text(summary["title"]),
@@ -57,11 +58,12 @@ def card(summary: Mapping[str, Any], segment: Segment, site_url: str) -> dict[st
         "topics": [plain_text(str(t)) for t in summary.get("topics") or []],
         "journal": plain_text(summary.get("journal") or ""),
         "doi": doi,
-        "doi_url": defuse_url("https://doi.org/" + (summary.get("doi") or "")) if doi else "",
+        "doi_url": f"https://doi.org/{doi}" if doi else "",
         "source_url": source_url,
-        "url": defuse_url(summary.get("url") or f"{site_url}/summaries/{summary['slug']}"),
+        "url": summary.get("url") or f"{site_url}/summaries/{summary['slug']}",
         "is_update": bool(summary.get("is_update")),
         "sections": sections,
+        "limitations_note": first_sentence(limitations) or NO_LIMITATIONS,
         # The details section carries the source link up front; the card does not repeat it below.
         "source_in_details": bool(source_url) and "details" in names,
     }

@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 import lxml.html
 
+from ..model import neutralise_text
+
 
 class RenderError(Exception):
     pass
@@ -19,7 +21,7 @@ def check_footer(html: str, text: str, context: Mapping[str, Any], cards: list[M
     html_text = " ".join(body.text_content().split()) if body is not None else ""
     plain = " ".join(text.split())
     required = [*context["disclaimer"], " ".join(postal_address.split())]
-    for part, content, links in (("HTML", html_text, html), ("text", plain, text)):
+    for part, content, links, shown in (("HTML", html_text, html, str), ("text", plain, text, neutralise_text)):
         start = content.find(required[0])
         if start < 0:
             raise RenderError(f"{part} part: the disclaimer is missing: check the site's template overrides")
@@ -28,7 +30,7 @@ def check_footer(html: str, text: str, context: Mapping[str, Any], cards: list[M
         if missing:
             raise RenderError(f"{part} part: footer lacks {missing[0]!r}: the disclaimer, then the postal "
                               "address, must end every digest")
-        late = [c["title"] for c in cards if c["title"] and c["title"] in footer]
+        late = [c["title"] for c in cards if c["title"] and shown(" ".join(c["title"].split())) in footer]
         if late:
             raise RenderError(f"{part} part: {late[0]!r} appears after the disclaimer: it must come last")
         for name in ("unsubscribe_url", "preferences_url"):

@@ -4,30 +4,37 @@ The result holds a few placeholders (tokens and greeting) that each
 recipient's copy fills by plain string substitution, so the cost per recipient
 never includes MJML or CSS work. Nothing here opens a socket.
 
+Placeholders are filled only where the templates put them: the templates get markers made afresh
+for each render (content, written before, cannot know them); the finished HTML and text are
+neutralised, whatever content spelled with entities, percent or CSS escapes or Markdown, and only
+then do the markers become model.PLACEHOLDERS, which SendGrid and Rendered.personalise fill.
+
 Guarantees checked on every render, whatever a site's template overrides say:
 - the disclaimer (disclaimer.txt, never empty), the postal address and the preferences and
   unsubscribe links end both the HTML and the text part (RenderError otherwise);
 - the HTML, with room for each recipient's values, fits max_html_bytes: past max_summaries, or
   when the size needs it, summaries fall back to teaser links; still too big is a RenderError;
-- summary Markdown reaches the HTML only through the nh3 allow-list, and the text part without
-  raw HTML; plain fields (title, teaser, journal) are escaped.
+- summary Markdown reaches the HTML only through the nh3 allow-list, and the text part is walked
+  from that same tree (every word in both); plain fields (title, teaser, journal) are escaped.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jinja2
 import mjml
 import premailer
 
-from ..model import GREETING_HTML, GREETING_TEXT, PLACEHOLDERS, PREFS_TOKEN, UNSUB_TOKEN, Rendered, defuse, defuse_url
+from ..model import (GREETING_HTML, GREETING_TEXT, PLACEHOLDERS, PREFS_TOKEN, UNSUB_TOKEN, Rendered,
+                     neutralise_html, neutralise_text)
 from ..segments import Segment
 from .cards import card, subject_and_preheader
 from .content import plain_text
@@ -87,7 +94,7 @@ class Renderer:
             source, filename, _ = self.env.loader.get_source(self.env, "disclaimer.txt")
         except jinja2.TemplateNotFound:
             raise RenderError("disclaimer.txt: missing: every digest must carry the disclaimer") from None
-        paragraphs = [defuse(" ".join(p.split())) for p in source.split("\n\n") if p.strip()]
+        paragraphs = [" ".join(p.split()) for p in source.split("\n\n") if p.strip()]
         if not paragraphs:
             raise RenderError(f"{filename}: empty: every digest must carry the disclaimer")
         return paragraphs
@@ -108,20 +115,22 @@ class Renderer:
         self.stats.seconds["cards"] += time.perf_counter() - started
         count = len(cards)
         subject, preheader = subject_and_preheader(cards, segment, test)
+        markers = {key: "nlm" + secrets.token_hex(16) for key in PLACEHOLDERS}
         context = {
             "lang": self.lang, "site_name": self.site_name, "segment": segment, "cadence": cadence,
             "period_label": period_label, "heading": f"{cadence.capitalize()} research digest",
             "subject": subject, "preheader": preheader, "preheader_filler": PREHEADER_FILLER,
             "disclaimer": self.disclaimer(), "postal_address": self.postal_address,
             "topics": [plain_text(t) for t in topics],
-            "archive_url": f"{self.site_url}/archive/{issue_id}/{defuse_url(variant)}",
-            "unsubscribe_url": f"{self.site_url}/u/{UNSUB_TOKEN}",
-            "preferences_url": f"{self.site_url}/p/{PREFS_TOKEN}",
-            "greeting_html": GREETING_HTML, "greeting_text": GREETING_TEXT,
+            "archive_url": f"{self.site_url}/archive/{issue_id}/{variant}",
+            "unsubscribe_url": f"{self.site_url}/u/{markers[UNSUB_TOKEN]}",
+            "preferences_url": f"{self.site_url}/p/{markers[PREFS_TOKEN]}",
+            "greeting_html": markers[GREETING_HTML], "greeting_text": markers[GREETING_TEXT],
         }
         full = min(max(self.max_summaries, 0), count)
         while True:
-            html = self._compile_html({**context, "cards": cards[:full], "more": cards[full:]})
+            parts = {**context, "cards": cards[:full], "more": cards[full:]}
+            html = _finish(neutralise_html, self._compile_html(parts), markers)
             size = self.budget_size(html)
             if size <= self.max_html_bytes:
                 break
@@ -132,15 +141,17 @@ class Renderer:
             self.stats.counts["size_retry"] += 1
             full = max(0, min(full - 1, int(full * self.max_html_bytes / size) - 1))
         started = time.perf_counter()
-        text = self._template("digest.txt", {**context, "cards": cards[:full], "more": cards[full:]})
+        text = _finish(neutralise_text, self._template("digest.txt", parts), markers)
         self.stats.seconds["text"] += time.perf_counter() - started
         started = time.perf_counter()
-        check_footer(html, text, context, cards, self.postal_address)
+        finished = {**context, "unsubscribe_url": f"{self.site_url}/u/{UNSUB_TOKEN}",
+                    "preferences_url": f"{self.site_url}/p/{PREFS_TOKEN}"}
+        check_footer(html, text, finished, cards, self.postal_address)
         self.stats.seconds["checks"] += time.perf_counter() - started
         self.stats.counts["render"] += 1
         return Rendered(issue_id=issue_id, segment=segment.name, cadence=cadence, variant=variant,
-                        subject=subject, preheader=preheader, html=html, text=text,
-                        summary_ids=[c["id"] for c in cards], full_cards=full)
+                        subject=neutralise_text(subject), preheader=neutralise_text(preheader), html=html,
+                        text=text, summary_ids=[c["id"] for c in cards], full_cards=full)
 
     @staticmethod
     def budget_size(html: str) -> int:
@@ -177,3 +188,9 @@ class Renderer:
         return inlined
 
 
+def _finish(neutralise: Callable[[str], str], content: str, markers: Mapping[str, str]) -> str:
+    """Neutralise what content spelled, then turn this render's markers into the placeholders."""
+    content = neutralise(content)
+    for key, marker in markers.items():
+        content = content.replace(marker, key)
+    return content

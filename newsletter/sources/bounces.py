@@ -27,7 +27,7 @@ from typing import Iterator
 
 from flufl.bounce import all_failures
 
-from ..settings import Mailbox
+from ..setting_values import Mailbox
 
 #: Our Message-ID: <issue.delivery.12 hex digits@domain> (messengers/mime.py writes it).
 OUR_MESSAGE_ID = re.compile(r"<(\d{1,18})\.(\d{1,18})\.[0-9a-f]{12}@", re.I)
