@@ -58,6 +58,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp_batch_size", 20, "Messages recorded per ledger step over SMTP (smaller = fewer unknown after a crash).", int),
     Setting("smtp_connections", 1, "SMTP connections used at once (more help when the relay is far away).", int),
     Setting("smtp_timeout", 30.0, "Seconds before an SMTP command times out.", float),
+    Setting("smtp_ca_file", "", "PEM bundle of the CA that signed the relay's certificate (a private CA); "
+            "empty = the system's trusted CAs.", path=True),
+    Setting("retry_deferred_days", 3.0, "Days a deferred delivery (relay down, 4xx) is retried by later runs "
+            "before it becomes failed.", float),
     Setting("sendgrid_host", "https://api.sendgrid.com", "SendGrid API base URL (tests point it at a local server)."),
     Setting("sendgrid_timeout", 30.0, "Seconds before a SendGrid request times out.", float),
     Setting("sendgrid_sandbox", False, "Ask SendGrid to validate but not deliver (sandbox mode).", bool),
@@ -96,6 +100,8 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {setting.name}: expected {setting.kind.__name__}, got {value!r}") from None
     if setting.kind is int and setting.name.endswith(("_connections", "_batch_size", "_attempts")) and value < 1:
         raise ConfigError(f"{where}: {setting.name}: must be at least 1, got {value!r}")
+    if setting.name == "retry_deferred_days" and not value > 0:
+        raise ConfigError(f"{where}: {setting.name}: must be more than 0, got {value!r}")
     if setting.name == "timezone":
         try:
             ZoneInfo(value)

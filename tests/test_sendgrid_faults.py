@@ -201,20 +201,21 @@ def test_retry_unknown_resends_the_unanswered_request_once(crowd, stub):
     assert {r["status"] for r in crowd.store.deliveries()} == {"sent"}
 
 
-def test_gives_up_after_bounded_attempts_and_goes_on_with_the_rest(crowd, stub):
+def test_defers_after_bounded_attempts_and_goes_on_with_the_rest(crowd, stub):
     stub.script = ["500"] * 4
     sleeps: list[float] = []
     report = run(crowd, messenger_for(crowd, stub, sleep=sleeps.append))
 
     assert [s.status for s in stub.seen] == [500] * 4 + [202, 202]
     assert len(sleeps) == 3  # between attempts, none after the last
-    failed = set(stub.seen[0].emails)
+    deferred = set(stub.seen[0].emails)  # 5xx is transient: a later run tries them again
     rows = {r["email"]: r for r in crowd.store.deliveries()}
-    assert {e for e, r in rows.items() if r["status"] == "failed"} == failed
-    error = rows[next(iter(failed))]["error"]
-    assert "sendgrid 500" in error and "stub says 500" in error and "gave up after 4 attempts" in error
-    assert (report.tally.sent, report.tally.failed) == (AUDIENCE - len(failed), len(failed))
-    assert report.tally.errors[error] == len(failed)
+    assert {e for e, r in rows.items() if r["status"] == "deferred"} == deferred
+    error = rows[next(iter(deferred))]["error"]
+    assert "sendgrid 500" in error and "stub says 500" in error and "deferred after 4 attempts" in error
+    assert (report.tally.sent, report.tally.deferred, report.tally.failed) == (AUDIENCE - len(deferred),
+                                                                               len(deferred), 0)
+    assert report.tally.deferrals[error] == len(deferred) and not report.tally.stopped
 
 
 def test_400_is_not_retried_and_keeps_the_providers_reasons(crowd, stub):
@@ -244,13 +245,13 @@ def test_refused_credentials_mid_run_stop_it_without_losing_or_repeating_anyone(
     assert crowd.store.delivery_counts() == {"sent": AUDIENCE}
 
 
-def test_refused_connection_is_retried_then_failed(loaded):
+def test_refused_connection_is_retried_then_deferred(loaded):
     sleeps: list[float] = []
     messenger = SendGridMessenger("SG.test", sender_from_config(loaded.config), host=f"http://127.0.0.1:{free_port()}",
                                   timeout=2, max_attempts=3, backoff_base=0.001, sleep=sleeps.append)
     outcome = messenger.post({"personalizations": []}, [7, 8])
-    assert (outcome.status, outcome.delivery_ids) == ("failed", [7, 8])
-    assert "could not connect" in outcome.error and "gave up after 3 attempts" in outcome.error
+    assert (outcome.status, outcome.delivery_ids) == ("deferred", [7, 8])
+    assert "could not connect" in outcome.error and "deferred after 3 attempts" in outcome.error
     assert messenger.requests == 3 and len(sleeps) == 2
 
 

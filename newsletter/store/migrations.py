@@ -146,3 +146,12 @@ def m005_remember_audience_changes(db: Database) -> None:
     db.execute("ALTER TABLE subscribers ADD COLUMN audience_changed_at TEXT")
     db.execute("CREATE INDEX subscribers_audience_changed ON subscribers (id) WHERE audience_changed_at IS NOT NULL")
     db.execute("CREATE INDEX deliveries_subscriber ON deliveries (subscriber_id)")
+
+
+@migrations()
+def m008_deferred_deliveries(db: Database) -> None:
+    # A delivery the relay could not take for now (down, 4xx) waits as `deferred`: how many times it
+    # was tried, when it may be tried again, and since when it waits (it fails after retry_deferred_days).
+    db.execute("ALTER TABLE deliveries ADD COLUMN attempts INTEGER")
+    db.execute("ALTER TABLE deliveries ADD COLUMN next_attempt_at TEXT")
+    db.execute("ALTER TABLE deliveries ADD COLUMN deferred_since TEXT")
