@@ -316,3 +316,31 @@ def rendered(loaded):
 def plain_sender():
     from newsletter.model import Sender
     return Sender(email="digest@example.org", name="Digest")
+
+
+def test_sendgrid_down_trips_the_breaker_then_a_later_run_sends_everyone_once(crowd, stub):
+    """5xx and refused connections are transient on SendGrid too: the same deferral and breaker as SMTP."""
+    from datetime import datetime, timedelta, timezone
+
+    import time_machine
+
+    from newsletter.dispatch import BREAKER_AFTER
+
+    stub.script = ["503"] * 40
+    messenger = messenger_for(crowd, stub)
+    messenger.batch_size = 500  # five batches: the breaker stops after three
+    report = run(crowd, messenger)
+    assert len(stub.seen) == BREAKER_AFTER * 4 and not stub.accepted()  # 4 attempts per request, 3 requests
+    assert crowd.store.delivery_counts() == {"deferred": AUDIENCE}
+    assert report.tally.stopped.startswith("relay unreachable: sendgrid 503: stub says 503")
+    assert report.tally.stopped.endswith(f"; {AUDIENCE:,} deferred, will retry")
+    assert crowd.store.get_issue(1)["status"] == "sending"
+
+    stub.script = []
+    with time_machine.travel(datetime.now(timezone.utc) + timedelta(minutes=6), tick=True):
+        again = DigestRunner(crowd.config, crowd.store, crowd.segments,
+                             messenger_factory=lambda: messenger_for(crowd, stub)).run(None, SAMPLE_NOW)
+    accepted = Counter(e for s in stub.accepted() for e in s.emails)
+    assert set(accepted) == audience(crowd) and set(accepted.values()) == {1}
+    assert again.tally.sent == AUDIENCE and crowd.store.delivery_counts() == {"sent": AUDIENCE}
+    assert crowd.store.get_issue(1)["status"] == "sent"
