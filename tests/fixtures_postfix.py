@@ -26,7 +26,6 @@ import mailbox
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from newsletter import bench
 from tests.fixtures_servers import free_port
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -91,35 +91,6 @@ def make_private_ca(folder: Path, names: tuple[str, ...] = ("localhost",), ip: b
     return files
 
 
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-local     unix  - n n - - local
-virtual   unix  - n n - - virtual
-lmtp      unix  - - n - - lmtp
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
-
 @dataclass
 class PostfixRelay:
     root: Path
@@ -139,48 +110,33 @@ class PostfixRelay:
         return self.root / "maillog"
 
     def write_config(self) -> None:
-        for sub in ("etc", "queue", "data", "mail"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        """The bench's private instance (newsletter.bench.postfix_params), delivering the test domain into Maildirs."""
+        (self.root / "mail").mkdir(parents=True, exist_ok=True)
         os.chown(self.root / "mail", MAIL_UID, MAIL_GID)
-        os.chown(self.root / "data", _uid("postfix"), -1)
+        (self.root / "etc").mkdir(parents=True, exist_ok=True)
         maps = self.config_dir / "virtual_mailboxes"
         maps.write_text("".join(f"/{pattern}/ {name}/\n" for pattern, name in self.mailboxes.items()))
         params = {
-            "compatibility_level": "3.6", "queue_directory": str(self.root / "queue"),
-            "data_directory": str(self.root / "data"), "maillog_file": str(self.log_file),
-            "maillog_file_prefixes": str(self.root),
-            "myhostname": "relay.test", "mydomain": "relay.test", "myorigin": "$myhostname", "mydestination": "",
-            "inet_interfaces": "127.0.0.1", "inet_protocols": "ipv4", "mynetworks": "127.0.0.0/8",
-            "relay_domains": "", "alias_maps": "", "alias_database": "", "biff": "no",
-            "local_transport": "error:5.1.1 no local delivery on the test relay",
+            **bench.postfix_params(self.root, self.tls.cert, self.tls.key),
             "default_transport": "error:5.7.1 nothing leaves the test relay",
             "virtual_mailbox_domains": DOMAIN, "virtual_mailbox_base": str(self.root / "mail"),
             "virtual_mailbox_maps": f"regexp:{maps}", "virtual_minimum_uid": "100",
             "virtual_uid_maps": f"static:{MAIL_UID}", "virtual_gid_maps": f"static:{MAIL_GID}",
-            "smtpd_tls_cert_file": str(self.tls.cert), "smtpd_tls_key_file": str(self.tls.key),
-            "smtpd_tls_security_level": "encrypt", "smtpd_tls_received_header": "yes",
-            "smtp_tls_security_level": "none",
-            "smtpd_banner": "$myhostname ESMTP test relay", "maximal_queue_lifetime": "1h",
-            "bounce_queue_lifetime": "1h",
+            "smtpd_tls_received_header": "yes",
             **self.main_cf,
         }
-        (self.config_dir / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in params.items()))
-        (self.config_dir / "master.cf").write_text(MASTER_CF.format(port=self.port))
-
-    def _postfix(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([POSTFIX, "-c", str(self.config_dir), *args], capture_output=True, text=True,
-                              timeout=60, stdin=subprocess.DEVNULL)
+        bench.write_postfix(self.root, self.port, params)
 
     def start(self) -> None:
         """Start (again, on the same port) and wait until smtpd answers; a failure fails the test."""
-        proc = self._postfix("start")
+        proc = bench.postfix(self.config_dir, "start")
         if proc.returncode != 0 or not _wait_listening(self.port, 30):
             pytest.fail(f"Postfix did not start on 127.0.0.1:{self.port} (exit {proc.returncode}): "
                         f"{proc.stderr.strip()[-1500:]}\n{self.log()[-2000:]}")
 
     def stop(self) -> None:
         """Stop the whole instance; returns once nothing listens on its port."""
-        self._postfix("stop")
+        bench.postfix(self.config_dir, "stop")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _listening(self.port):
             time.sleep(0.05)
@@ -219,11 +175,6 @@ class PostfixRelay:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else "(no maillog)"
-
-
-def _uid(user: str) -> int:
-    import pwd
-    return pwd.getpwnam(user).pw_uid
 
 
 def _listening(port: int) -> bool:
