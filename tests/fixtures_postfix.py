@@ -19,10 +19,7 @@ what was delivered; `relay.wait_for(n)` waits for the queue to deliver.
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
 import ipaddress
-import mailbox
 import os
 import shutil
 import socket
@@ -35,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from newsletter import bench
+from tests.conftest import read_maildir
 from tests.fixtures_servers import free_port
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -146,14 +144,7 @@ class PostfixRelay:
 
     def messages(self, name: str = "inbox") -> list[EmailMessage]:
         """What virtual(8) delivered into that Maildir, parsed."""
-        path = self.maildir(name)
-        if not path.exists():
-            return []
-        box = mailbox.Maildir(str(path), factory=None, create=False)
-        try:
-            return [email.message_from_bytes(box.get_bytes(k), policy=email.policy.default) for k in box.keys()]
-        finally:
-            box.close()
+        return read_maildir(self.maildir(name))
 
     def count(self, name: str = "inbox") -> int:
         path = self.maildir(name)
