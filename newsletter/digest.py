@@ -123,16 +123,18 @@ class DigestRunner:
             raise LookupError(f"issue {issue_id}: is {issue['status']}; approve it first")
         return issue
 
-    def send_one(self, issue_id: int, retry_unknown: bool = False, retry_failed: bool = False) -> RunReport:
+    def send_one(self, issue_id: int, retry_unknown: bool = False, retry_failed: bool = False,
+                 failed_matching: str = "") -> RunReport:
         """`issues send N`: one issue now, under the run lock; refused unless it may be sent."""
         report = RunReport()
         self.sendable_issue(issue_id, retry_unknown or retry_failed)
         with run_lock(self.lock_path):
-            self.send([issue_id], report, retry_unknown=retry_unknown, retry_failed=retry_failed)
+            self.send([issue_id], report, retry_unknown=retry_unknown, retry_failed=retry_failed,
+                      failed_matching=failed_matching)
         return report
 
     def send(self, issue_ids: list[int] | None, report: RunReport, retry_unknown: bool = False,
-             retry_failed: bool = False) -> None:
+             retry_failed: bool = False, failed_matching: str = "") -> None:
         self.config.require_sendable()
         retrying = retry_unknown or retry_failed
         if issue_ids is None:
@@ -147,18 +149,21 @@ class DigestRunner:
         messenger = self.messenger_factory()
         dispatcher = Dispatcher(self.store, messenger, tokens, self.config.site_url,
                                 rate_limit=self.config.rate_limit, on_progress=self.on_progress,
-                                on_start=self.on_issue)
+                                on_start=self.on_issue, retry_deferred_days=self.config.retry_deferred_days)
         try:
             for issue in issues:
                 tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,
-                                              retry_failed=retry_failed)
+                                              retry_failed=retry_failed, failed_matching=failed_matching)
                 report.tally.add(tally)
+                if tally.stopped:  # the breaker: the other issues go through the same relay
+                    break
         finally:
             report.messenger_seconds += dispatcher.send_seconds
             messenger.close()
 
     def run(self, cadence: str | None, now: datetime, *, send: bool = True, retry_unknown: bool = False,
-            retry_failed: bool = False, segment: str | None = None, lock_wait: float | None = None) -> RunReport:
+            retry_failed: bool = False, failed_matching: str = "", segment: str | None = None,
+            lock_wait: float | None = None) -> RunReport:
         """Build (when a cadence is given) and send. A build waits for the lock (an hour by default);
         a send-only run does not wait, since the holder sends what it would have sent."""
         report = RunReport()
@@ -169,7 +174,8 @@ class DigestRunner:
             if cadence:
                 self.build(cadence, now, report, only=segment)
             if send:
-                self.send(None, report, retry_unknown=retry_unknown, retry_failed=retry_failed)
+                self.send(None, report, retry_unknown=retry_unknown, retry_failed=retry_failed,
+                          failed_matching=failed_matching)
             drafts = [i for i in report.created if i["status"] == "draft"]
             if drafts and self.on_drafts:
                 try:  # after sending: a failed notice must not hold back approved issues

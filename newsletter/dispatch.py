@@ -4,9 +4,14 @@ The order of writes is the safety argument:
 1. plan: a pending row per (issue, subscriber), once (unique);
 2. before a batch goes out its rows become `sending` with a batch id, committed,
    but only for subscribers still active at that moment (the others: skipped);
-3. the messenger's answer turns them `sent`, `failed` or `unknown`.
+3. the messenger's answer turns them `sent`, `failed`, `unknown` or `deferred`.
 A run that dies between 2 and 3 leaves rows in `sending`; the next run marks
 them `unknown` and does not send them again unless the operator asks.
+
+Deferred rows (a transient failure before the message was handed over) go back
+to pending once their growing delay is over, for `retry_deferred_days`; a few
+transient failures in a row trip the breaker: the run stops and the rest of the
+issue waits as deferred instead of hammering a relay that is down.
 """
 
 from __future__ import annotations
@@ -23,29 +28,51 @@ from .store import Ledger
 from .tokens import Tokens
 
 
+#: Transient failures in a row that stop the run (the circuit breaker).
+BREAKER_AFTER = 3
+FIRST_RETRY = 300.0  # seconds; the ten-minute cron line picks a first deferral up at its next run
+LONGEST_RETRY = 4 * 3600.0
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before a delivery deferred `attempts` times is tried again: 5 min, 10, 20... at most 4 h."""
+    return min(LONGEST_RETRY, FIRST_RETRY * 2 ** max(0, attempts - 1))
+
+
 @dataclass
 class Tally:
     """What a run did, in recipients: the line it ends with, and whether it exits non-zero."""
-    errors: Counter = field(default_factory=Counter)  # distinct reason -> recipients
+    errors: Counter = field(default_factory=Counter)  # distinct reason -> recipients (failed, unknown)
+    deferrals: Counter = field(default_factory=Counter)  # the same for deferred ones
     sent: int = 0
     failed: int = 0
     unknown: int = 0
+    deferred: int = 0
     skipped: int = 0
     interrupted: int = 0
+    stopped: str = ""  # the breaker's line, when it stopped the run
 
     def add(self, other: "Tally") -> None:
-        for name in ("sent", "failed", "unknown", "skipped", "interrupted"):
+        for name in ("sent", "failed", "unknown", "deferred", "skipped", "interrupted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
+        self.deferrals.update(other.deferrals)
+        self.stopped = self.stopped or other.stopped
 
     @property
     def needs_attention(self) -> bool:
-        """Anything failed or of unknown outcome: the run exits non-zero."""
-        return bool(self.failed or self.unknown or self.interrupted)
+        """Anything failed or of unknown outcome, or the breaker stopped the run: it exits non-zero.
+        A deferral alone does not: a later run retries it."""
+        return bool(self.failed or self.unknown or self.interrupted or self.stopped)
 
     def line(self) -> str:
-        return (f"sent {self.sent}, failed {self.failed}, unknown {self.unknown}, skipped {self.skipped}"
+        return (f"sent {self.sent}, failed {self.failed}, unknown {self.unknown}, deferred {self.deferred}, "
+                f"skipped {self.skipped}"
                 + (f" ({self.interrupted} left unknown by an interrupted run)" if self.interrupted else ""))
+
+
+class _Tripped(Exception):
+    """The breaker: BREAKER_AFTER transient failures in a row; carries the last reason."""
 
 
 class RateLimiter:
@@ -69,8 +96,12 @@ class RateLimiter:
 class Dispatcher:
     def __init__(self, store: Ledger, messenger: Messenger, tokens: Tokens, site_url: str, *,
                  rate_limit: float = 0.0, on_progress: Callable[[int], None] | None = None,
-                 on_start: Callable[[int, int], None] | None = None, limiter: RateLimiter | None = None):
+                 on_start: Callable[[int, int], None] | None = None, limiter: RateLimiter | None = None,
+                 retry_deferred_days: float = 3.0):
         self.store, self.messenger, self.tokens = store, messenger, tokens
+        self.retry_for = retry_deferred_days * 86400
+        self.transient_in_a_row = 0
+        self.returned = 0  # deliveries a messenger gave back untried in this pass
         self.site_url = site_url.rstrip("/")
         self.limiter = limiter or RateLimiter(rate_limit)
         self.send_seconds = 0.0  # time inside the messenger (the benchmark reports it)
@@ -86,12 +117,34 @@ class Dispatcher:
                         unsubscribe_url=f"{self.site_url}/u/{utok}")
 
     def send_issue(self, issue_id: int, variant_for: VariantFor, *, retry_unknown: bool = False,
-                   retry_failed: bool = False) -> Tally:
+                   retry_failed: bool = False, failed_matching: str = "") -> Tally:
         tally = Tally()
-        resolved = self.store.resolve_interrupted(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed)
+        resolved = self.store.resolve_interrupted(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
+                                                  failed_matching=failed_matching)
         tally.interrupted = resolved["interrupted"]
+        released = self.store.release_deferred(issue_id, self.retry_for)
+        if released["expired"]:
+            tally.failed += released["expired"]
+            tally.errors[f"still deferred after {self.retry_for / 86400:g} days: failed (see `issues show`)"] += \
+                released["expired"]
         self.store.plan_deliveries(issue_id)
         self.on_start(issue_id, self.store.delivery_counts(issue_id).get("pending", 0))
+        try:
+            while True:
+                self.returned = 0
+                self._pass(issue_id, variant_for, tally)
+                if not self.returned:  # what a messenger gave back untried is tried again (each pass defers some)
+                    break
+        except _Tripped as exc:
+            waiting = self.store.defer_pending(issue_id, str(exc), retry_delay(1))
+            tally.deferred += waiting
+            total = self.store.delivery_counts(issue_id).get("deferred", 0)
+            tally.stopped = f"relay unreachable: {exc}; {total:,} deferred, will retry"
+        self.store.finish_issue_if_done(issue_id)
+        return tally
+
+    def _pass(self, issue_id: int, variant_for: VariantFor, tally: Tally) -> None:
+        """One pass over the issue's pending deliveries, in batches grouped by variant."""
         buffers: dict[int, tuple[Rendered, list[Envelope]]] = {}
         variants: dict[str, Rendered | None] = {}  # raw topics JSON -> variant: no JSON decode per row
         received = self.store.already_received(issue_id)  # only readers who changed audience: few
@@ -123,8 +176,6 @@ class Dispatcher:
             self.on_progress(len(skipped_inactive) + len(skipped_topics))
         for rendered, envelopes in buffers.values():
             self._flush(rendered, envelopes, tally)
-        self.store.finish_issue_if_done(issue_id)
-        return tally
 
     def _flush(self, rendered: Rendered, envelopes: list[Envelope], tally: Tally) -> None:
         self.limiter.wait(len(envelopes))
@@ -143,11 +194,26 @@ class Dispatcher:
             # Nothing of this batch was accepted: it goes back to pending for a later run.
             self.store.mark_deliveries(ids, "pending", error=None, expect="sending")
             raise
+        last_transient, returned = "", 0
         for outcome in outcomes:
-            self.store.mark_deliveries(outcome.delivery_ids, outcome.status, provider_id=outcome.provider_id,
-                                       error=outcome.error, expect="sending")
-            setattr(tally, outcome.status, getattr(tally, outcome.status) + len(outcome.delivery_ids))
-            if outcome.error:
-                tally.errors[outcome.error] += len(outcome.delivery_ids)
-        self.on_progress(len(envelopes))
-
+            count = len(outcome.delivery_ids)
+            if outcome.status == "pending":  # not attempted: back in the queue
+                self.store.mark_deliveries(outcome.delivery_ids, "pending", error=None, expect="sending")
+                returned += count
+                continue
+            if outcome.status == "deferred":
+                self.store.defer_deliveries(outcome.delivery_ids, outcome.error, retry_delay)
+                self.transient_in_a_row += 1
+                last_transient = outcome.error or "transient failure"
+                tally.deferrals[last_transient] += count
+            else:
+                self.store.mark_deliveries(outcome.delivery_ids, outcome.status, provider_id=outcome.provider_id,
+                                           error=outcome.error, expect="sending")
+                self.transient_in_a_row = 0  # the relay answered
+                if outcome.error:
+                    tally.errors[outcome.error] += count
+            setattr(tally, outcome.status, getattr(tally, outcome.status) + count)
+        self.returned += returned
+        self.on_progress(len(envelopes) - returned)
+        if self.transient_in_a_row >= BREAKER_AFTER:
+            raise _Tripped(last_transient)

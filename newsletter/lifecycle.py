@@ -1,7 +1,8 @@
 """Issue lifecycle beyond building and sending: approve, cancel, test sends, editor notices, status.
 
-draft -> approved -> sending -> sent, or cancelled. Test sends and editor
-notices go through the configured messenger but never into the ledger.
+draft -> approved -> sending -> sent, or cancelled; a `sending` issue that has
+sent to some readers and waits for others is shown as "partly sent". Test sends
+and editor notices go through the configured messenger but never into the ledger.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .messengers import messenger_from_config, send_notice
-from .model import Envelope, Messenger, Notice, recipient_values
+from .model import OPEN_DELIVERY, Envelope, Messenger, Notice, recipient_values
 from .render import variants_of
 from .sources.subscribers import normalise_email
 from .store import TRANSITIONS
@@ -73,19 +74,54 @@ def notify_editors(ctx: Any, issues: list[dict[str, Any]], messenger: Messenger 
 
 
 @dataclass
+class Progress:
+    """Where an issue stands: its status as shown, its delivery counts, and what resumes it."""
+    issue: dict[str, Any]
+    shown: str  # the issue's status, or "partly sent"
+    counts: dict[str, int]
+    resume: str = ""  # the command that finishes it, when something waits
+
+    @property
+    def counts_text(self) -> str:
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(self.counts.items())) or "no deliveries"
+
+    def line(self) -> str:
+        return f"{self.shown} ({self.counts_text})" + (f"; {self.resume}" if self.resume else "")
+
+
+def progress(ctx: Any, issue: dict[str, Any]) -> Progress:
+    """A `sending` issue with anything beyond pending rows went partly out: say so, and how it finishes."""
+    counts = ctx.store.delivery_counts(issue["id"])
+    if issue["status"] != "sending" or not set(counts) - {"pending"}:
+        return Progress(issue, issue["status"], counts)
+    steps = []
+    if counts.get("pending") or counts.get("deferred"):
+        when = ctx.store.next_attempt_at(issue["id"]) if counts.get("deferred") else None
+        steps.append("resumes with `newsletter digest run --send-only` (the ten-minute cron line)"
+                     + (f", deferred ones from {when}" if when else ""))
+    if counts.get("unknown"):
+        steps.append(f"`newsletter issues send {issue['id']} --retry-unknown` re-sends the unknown ones "
+                     "(they may have arrived)")
+    return Progress(issue, "partly sent" if any(counts.get(s) for s in OPEN_DELIVERY) else "sending", counts,
+                    "; ".join(steps))
+
+
+@dataclass
 class Status:
     latest: list[dict[str, Any]]
     deliveries: dict[str, int]
     subscribers: dict[str, int]
     attention: list[dict[str, Any]]
     drafts: list[dict[str, Any]]
+    partly_sent: list[Progress]
     bounces: dict[int, dict[str, int]] = field(default_factory=dict)  # issue -> hard, soft, complaint
     failing_feeds: list[dict[str, Any]] = field(default_factory=list)  # feeds whose last poll failed
 
 
 def status(ctx: Any) -> Status:
     store = ctx.store
+    partly = [p for p in (progress(ctx, i) for i in store.issues(status="sending")) if p.shown == "partly sent"]
     st = Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
-                store.deliveries_needing_attention(), store.issues(status="draft"), store.bounce_counts())
+                store.deliveries_needing_attention(), store.issues(status="draft"), partly, store.bounce_counts())
     st.failing_feeds = store.failing_feeds()
     return st

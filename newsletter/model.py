@@ -14,7 +14,9 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 SUPPRESSED = ("unsubscribed", "bounced", "complained")
 ISSUE_STATUSES = ("draft", "approved", "sending", "sent", "cancelled")
-DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped")
+DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped", "deferred")
+#: While any delivery is in one of these, its issue is not `sent` (it shows as "partly sent").
+OPEN_DELIVERY = ("pending", "sending", "deferred", "unknown")
 
 # -- personalisation -----------------------------------------------------------
 
@@ -109,7 +111,9 @@ class Envelope:
 
 @dataclass
 class Outcome:
-    status: str  # sent | failed | unknown
+    #: sent; failed (refused for good); unknown (no answer after the message went out); deferred (a
+    #: transient failure before it was handed over: a later run retries it); pending (not attempted).
+    status: str
     delivery_ids: list[int]
     provider_id: str | None = None
     error: str | None = None

@@ -29,7 +29,7 @@ FALSE = {"0", "false", "no", "off", ""}
 #: URL settings and the schemes they take.
 URL_SCHEMES = {"site_url": ("http", "https"), "sendgrid_host": ("http", "https")}
 #: Path settings that must name something that exists, when set: (setting, a folder?).
-MUST_EXIST = {"templates_dir": True, "segments_file": False, "bounce_ca_file": False}
+MUST_EXIST = {"templates_dir": True, "segments_file": False, "bounce_ca_file": False, "smtp_ca_file": False}
 #: Numbers must not be negative; these must be at least 1 (by name or by ending).
 AT_LEAST_ONE = ("max_summaries", "max_html_bytes", "_connections", "_batch_size", "_attempts", "_port")
 
@@ -73,6 +73,8 @@ def _check_number(setting: Setting, value: float, where: str) -> None:
         raise ConfigError(f"{where}: {setting.name}: must be a port number from 1 to 65535, got {value!r}")
     if setting.name.endswith("_timeout") and value <= 0:
         raise ConfigError(f"{where}: {setting.name}: must be more than 0 seconds, got {value!r}")
+    if setting.name == "retry_deferred_days" and value <= 0:
+        raise ConfigError(f"{where}: {setting.name}: must be more than 0, got {value!r}")
     if value < 0:
         raise ConfigError(f"{where}: {setting.name}: must not be negative, got {value!r}")
 

@@ -52,6 +52,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp_batch_size", 20, "Messages recorded per ledger step over SMTP (smaller = fewer unknown after a crash).", int),
     Setting("smtp_connections", 1, "SMTP connections used at once (more help when the relay is far away).", int),
     Setting("smtp_timeout", 30.0, "Seconds before an SMTP command times out.", float),
+    Setting("smtp_ca_file", "", "PEM bundle of the CA that signed the relay's certificate (a private CA); "
+            "empty = the system's trusted CAs.", path=True),
+    Setting("retry_deferred_days", 3.0, "Days a deferred delivery (relay down, 4xx) is retried by later runs "
+            "before it becomes failed.", float),
     Setting("sendgrid_host", "https://api.sendgrid.com", "SendGrid API base URL (tests point it at a local server)."),
     Setting("sendgrid_timeout", 30.0, "Seconds before a SendGrid request times out.", float),
     Setting("sendgrid_sandbox", False, "Ask SendGrid to validate but not deliver (sandbox mode).", bool),

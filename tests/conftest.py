@@ -23,7 +23,7 @@ from newsletter.sources.subscribers import read_csv
 from newsletter.sources.summaries import read_sources
 from newsletter.settings import load_config
 
-pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_browser"]
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_browser", "tests.fixtures_postfix"]
 
 # Property-based tests: a fixed, repeatable profile by default (CI); HYPOTHESIS_PROFILE=long for a deeper
 # local search (README, "Tests").

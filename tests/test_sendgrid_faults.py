@@ -201,20 +201,21 @@ def test_retry_unknown_resends_the_unanswered_request_once(crowd, stub):
     assert {r["status"] for r in crowd.store.deliveries()} == {"sent"}
 
 
-def test_gives_up_after_bounded_attempts_and_goes_on_with_the_rest(crowd, stub):
+def test_defers_after_bounded_attempts_and_goes_on_with_the_rest(crowd, stub):
     stub.script = ["500"] * 4
     sleeps: list[float] = []
     report = run(crowd, messenger_for(crowd, stub, sleep=sleeps.append))
 
     assert [s.status for s in stub.seen] == [500] * 4 + [202, 202]
     assert len(sleeps) == 3  # between attempts, none after the last
-    failed = set(stub.seen[0].emails)
+    deferred = set(stub.seen[0].emails)  # 5xx is transient: a later run tries them again
     rows = {r["email"]: r for r in crowd.store.deliveries()}
-    assert {e for e, r in rows.items() if r["status"] == "failed"} == failed
-    error = rows[next(iter(failed))]["error"]
-    assert "sendgrid 500" in error and "stub says 500" in error and "gave up after 4 attempts" in error
-    assert (report.tally.sent, report.tally.failed) == (AUDIENCE - len(failed), len(failed))
-    assert report.tally.errors[error] == len(failed)
+    assert {e for e, r in rows.items() if r["status"] == "deferred"} == deferred
+    error = rows[next(iter(deferred))]["error"]
+    assert "sendgrid 500" in error and "stub says 500" in error and "deferred after 4 attempts" in error
+    assert (report.tally.sent, report.tally.deferred, report.tally.failed) == (AUDIENCE - len(deferred),
+                                                                               len(deferred), 0)
+    assert report.tally.deferrals[error] == len(deferred) and not report.tally.stopped
 
 
 def test_400_is_not_retried_and_keeps_the_providers_reasons(crowd, stub):
@@ -244,13 +245,13 @@ def test_refused_credentials_mid_run_stop_it_without_losing_or_repeating_anyone(
     assert crowd.store.delivery_counts() == {"sent": AUDIENCE}
 
 
-def test_refused_connection_is_retried_then_failed(loaded):
+def test_refused_connection_is_retried_then_deferred(loaded):
     sleeps: list[float] = []
     messenger = SendGridMessenger("SG.test", sender_from_config(loaded.config), host=f"http://127.0.0.1:{free_port()}",
                                   timeout=2, max_attempts=3, backoff_base=0.001, sleep=sleeps.append)
     outcome = messenger.post({"personalizations": []}, [7, 8])
-    assert (outcome.status, outcome.delivery_ids) == ("failed", [7, 8])
-    assert "could not connect" in outcome.error and "gave up after 3 attempts" in outcome.error
+    assert (outcome.status, outcome.delivery_ids) == ("deferred", [7, 8])
+    assert "could not connect" in outcome.error and "deferred after 3 attempts" in outcome.error
     assert messenger.requests == 3 and len(sleeps) == 2
 
 
@@ -315,3 +316,31 @@ def rendered(loaded):
 def plain_sender():
     from newsletter.model import Sender
     return Sender(email="digest@example.org", name="Digest")
+
+
+def test_sendgrid_down_trips_the_breaker_then_a_later_run_sends_everyone_once(crowd, stub):
+    """5xx and refused connections are transient on SendGrid too: the same deferral and breaker as SMTP."""
+    from datetime import datetime, timedelta, timezone
+
+    import time_machine
+
+    from newsletter.dispatch import BREAKER_AFTER
+
+    stub.script = ["503"] * 40
+    messenger = messenger_for(crowd, stub)
+    messenger.batch_size = 500  # five batches: the breaker stops after three
+    report = run(crowd, messenger)
+    assert len(stub.seen) == BREAKER_AFTER * 4 and not stub.accepted()  # 4 attempts per request, 3 requests
+    assert crowd.store.delivery_counts() == {"deferred": AUDIENCE}
+    assert report.tally.stopped.startswith("relay unreachable: sendgrid 503: stub says 503")
+    assert report.tally.stopped.endswith(f"; {AUDIENCE:,} deferred, will retry")
+    assert crowd.store.get_issue(1)["status"] == "sending"
+
+    stub.script = []
+    with time_machine.travel(datetime.now(timezone.utc) + timedelta(minutes=6), tick=True):
+        again = DigestRunner(crowd.config, crowd.store, crowd.segments,
+                             messenger_factory=lambda: messenger_for(crowd, stub)).run(None, SAMPLE_NOW)
+    accepted = Counter(e for s in stub.accepted() for e in s.emails)
+    assert set(accepted) == audience(crowd) and set(accepted.values()) == {1}
+    assert again.tally.sent == AUDIENCE and crowd.store.delivery_counts() == {"sent": AUDIENCE}
+    assert crowd.store.get_issue(1)["status"] == "sent"

@@ -14,8 +14,14 @@ import click
 @click.option("--messenger", "messengers", type=click.Choice(["counting", "json", "sendgrid", "smtp", "smtp-pool"]),
               multiple=True, help="Messenger to measure (repeat; default: all, the smtp ones only up to 20,000). "
                                   "smtp-pool uses 4 connections.")
+@click.option("--smtp-server", type=click.Choice(["aiosmtpd", "postfix"]), default="aiosmtpd", show_default=True,
+              help="What the smtp cases send to: aiosmtpd, or a Postfix the bench starts on loopback "
+                   "(STARTTLS with a self-signed certificate, discard transport; needs root and Debian's postfix).")
+@click.option("--smtp-security", type=click.Choice(["none", "starttls"]), default="none", show_default=True,
+              help="TLS for the smtp cases against aiosmtpd (Postfix always takes STARTTLS).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
-def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], json_out: Path | None) -> None:
+def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str, smtp_security: str,
+          json_out: Path | None) -> None:
     """Measure the whole weekly digest at scale in a scratch database.
 
     Each case (size, messenger) runs in a fresh process: generate subscribers
@@ -26,8 +32,9 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], json_out: Path | 
     floor). Sinks for sendgrid (HTTP) and smtp run on loopback in their own process.
 
     \b
-    Example:
+    Examples:
         newsletter bench --subscribers 10000 --subscribers 100000 --messenger counting
+        newsletter bench --subscribers 5000 --messenger smtp --smtp-server postfix
     """
     from rich.console import Console
     from rich.table import Table
@@ -41,11 +48,11 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], json_out: Path | 
     console.print(f"machine: {bench_mod.machine()}")
     for n, name in bench_mod.cases(sizes, messengers):
         with console.status(f"{n:,} subscribers, {name}..."):
-            results.append(bench_mod.run_isolated(n, name))
-    table = Table("subscribers", "messenger", "recipients", "wall s", "cpu s", "peak RSS MB", "recipients/s",
+            results.append(bench_mod.run_isolated(n, name, smtp_server, smtp_security))
+    table = Table("subscribers", "messenger", "server", "recipients", "wall s", "cpu s", "peak RSS MB", "recipients/s",
                   "MJML", "premailer", "render s", "ledger s", "messenger s", "requests", "JSON encode s")
     for r in results:
-        table.add_row(f"{r.subscribers:,}", r.messenger, f"{r.recipients:,}", f"{r.wall_s:.2f}", f"{r.cpu_s:.2f}",
+        table.add_row(f"{r.subscribers:,}", r.messenger, r.server, f"{r.recipients:,}", f"{r.wall_s:.2f}", f"{r.cpu_s:.2f}",
                       f"{r.peak_rss_mb:.0f}", f"{r.recipients_per_s:,}", str(r.mjml_compiles),
                       str(r.premailer_compiles), f"{r.render_s:.2f}", f"{r.ledger_write_s:.2f}",
                       f"{r.messenger_s:.2f}", str(r.requests),

@@ -26,24 +26,35 @@ def digest() -> None:
 @click.option("--no-send", is_flag=True, help="Build issues but send nothing.")
 @click.option("--retry-unknown", is_flag=True,
               help="Send again deliveries whose outcome is unknown (may mail some people twice).")
-@click.option("--retry-failed", is_flag=True, help="Send again deliveries the provider refused or that gave up.")
+@click.option("--retry-failed", is_flag=True,
+              help="Send again deliveries refused for good or whose retries ran out (an operator's choice).")
+@click.option("--failed-matching", metavar="TEXT", default="",
+              help="With --retry-failed: only those whose error contains TEXT (e.g. '550 5.1.1').")
 @click.option("--lock-wait", type=click.FloatRange(min=0), metavar="SECONDS",
               help="How long to queue behind another run (default: 3600 when building, 0 with --send-only).")
 @pass_ctx
 @handle_errors
 def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | None, send_only: bool,
-               no_send: bool, retry_unknown: bool, retry_failed: bool, lock_wait: float | None) -> None:
+               no_send: bool, retry_unknown: bool, retry_failed: bool, failed_matching: str,
+               lock_wait: float | None) -> None:
     """Build this period's issue per segment and send approved issues.
 
     Safe to run twice: a period's issue is built once, and no delivery is
     sent twice. A build queues behind a run already holding the lock; a
     --send-only run finding the lock taken leaves the work to its holder.
-    Exits non-zero when anything failed or is unknown.
+    Deliveries deferred by a relay that was down or said 4xx are retried by
+    each run once their delay (5 minutes, doubling, at most 4 hours) is over,
+    for retry_deferred_days; after a few transient failures in a row the run
+    stops and leaves the rest deferred. Exits non-zero when anything failed or
+    is unknown, or the run stopped.
 
     \b
-    Example (cron, Monday 07:00):
+    Example (cron, Monday 07:00; and every ten minutes):
         newsletter --config /srv/newsletter/newsletter.toml digest run --cadence weekly
+        newsletter --config /srv/newsletter/newsletter.toml digest run --send-only
     """
+    if failed_matching and not retry_failed:
+        raise click.UsageError("--failed-matching goes with --retry-failed")
     now = parse_now(now_text)
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
@@ -51,7 +62,8 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
                               on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts))
         try:
             report = runner.run(None if send_only else cadence, now, send=not no_send, retry_unknown=retry_unknown,
-                                retry_failed=retry_failed, segment=segment, lock_wait=lock_wait)
+                                retry_failed=retry_failed, failed_matching=failed_matching, segment=segment,
+                                lock_wait=lock_wait)
         except LockBusy as exc:
             if not send_only:
                 raise
@@ -78,6 +90,10 @@ def status(ctx: Context) -> None:
     click.echo("Subscribers: " + (", ".join(f"{k} {v}" for k, v in sorted(st.subscribers.items())) or "none"))
     for d in st.drafts:
         click.echo(f"Waiting for approval: issue {d['id']} ({d['segment']} {d['cadence']} {d['period']})")
+    for p in st.partly_sent:
+        i = p.issue
+        click.echo(f"Partly sent: issue {i['id']} ({i['segment']} {i['cadence']} {i['period']}): {p.counts_text}; "
+                   f"{p.resume}")
     for a in st.attention:
         hint = "see `issues show`; resend only with --retry-unknown" if a["status"] == "unknown" else a["example"]
         click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
@@ -95,6 +111,11 @@ def print_report(report: RunReport) -> None:
         click.echo(f"{name}: no new summaries, no issue")
     for reason, count in report.tally.errors.most_common(10):
         click.echo(f"  {count} x {reason}", err=True)
+    if report.tally.stopped:
+        click.echo(report.tally.stopped, err=True)  # one line for the relay, not one per deferral
+    else:
+        for reason, count in report.tally.deferrals.most_common(3):
+            click.echo(f"  {count} x {reason} (deferred, will retry)", err=True)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(report.tally.line())

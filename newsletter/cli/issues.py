@@ -26,12 +26,20 @@ def issues() -> None:
 @pass_ctx
 @handle_errors
 def issues_list(ctx: Context, status: str | None) -> None:
-    """List issues, oldest first, with their delivery counts."""
+    """List issues, oldest first, with their delivery counts.
+
+    An issue that went out to some readers while others wait (deferred by
+    the relay, or of unknown outcome) shows as "partly sent", with the
+    command that finishes it.
+
+    \b
+    Example:
+        newsletter issues list --status sending
+    """
     for issue in ctx.store.issues(status=status):
-        counts = ctx.store.delivery_counts(issue["id"])
-        shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no deliveries"
+        p = lifecycle.progress(ctx, issue)
         click.echo(f"{issue['id']:>5}  {issue['segment']:<11} {issue['cadence']:<8} {issue['period']:<9} "
-                   f"{issue['status']:<9} {shown}")
+                   f"{p.shown:<9} {p.counts_text}" + (f"; {p.resume}" if p.resume else ""))
 
 
 @issues.command("show")
@@ -43,13 +51,16 @@ def issues_show(ctx: Context, issue_id: int) -> None:
     issue = ctx.store.get_issue(issue_id)
     if issue is None:
         raise click.ClickException(f"issue {issue_id}: no such issue")
-    click.echo(f"issue {issue['id']}: {issue['segment']} {issue['cadence']} {issue['period']} ({issue['status']})")
+    p = lifecycle.progress(ctx, issue)
+    click.echo(f"issue {issue['id']}: {issue['segment']} {issue['cadence']} {issue['period']} ({p.shown})")
     click.echo(f"created {issue['created_at']}, approved {issue['approved_at'] or '-'}, sent {issue['sent_at'] or '-'}")
     for s in ctx.store.issue_summaries(issue_id):
         mark = " [updated]" if s["is_update"] else ""
         click.echo(f"  {s['published']}  {s['slug']}{mark}  {s['title']}")
-    for status_name, n in sorted(ctx.store.delivery_counts(issue_id).items()):
+    for status_name, n in sorted(p.counts.items()):
         click.echo(f"  deliveries {status_name}: {n}")
+    if p.resume:
+        click.echo(f"  {p.resume}")
 
 
 def _transition_command(name: str, status: str, doc: str) -> click.Command:
@@ -84,14 +95,25 @@ def issues_add_update(ctx: Context, issue_id: int, slug: str) -> None:
 @issues.command("send")
 @click.argument("issue_id", type=int)
 @click.option("--retry-unknown", is_flag=True, help="Send again deliveries whose outcome is unknown.")
-@click.option("--retry-failed", is_flag=True, help="Send again deliveries the provider refused or that gave up.")
+@click.option("--retry-failed", is_flag=True,
+              help="Send again deliveries refused for good or whose retries ran out (an operator's choice).")
+@click.option("--failed-matching", metavar="TEXT", default="",
+              help="With --retry-failed: only those whose error contains TEXT.")
 @pass_ctx
 @handle_errors
-def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: bool) -> None:
-    """Send (or resume) one approved issue now."""
+def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: bool, failed_matching: str) -> None:
+    """Send (or resume) one approved issue now.
+
+    \b
+    Example (after fixing the relay that refused some addresses):
+        newsletter issues send 12 --retry-failed --failed-matching "relay access denied"
+    """
+    if failed_matching and not retry_failed:
+        raise click.UsageError("--failed-matching goes with --retry-failed")
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments, on_issue=on_issue, on_progress=on_progress)
-        report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed)
+        report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
+                                 failed_matching=failed_matching)
     print_report(report)
     if report.tally.needs_attention:
         sys.exit(1)

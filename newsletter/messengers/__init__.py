@@ -1,8 +1,9 @@
 """Messengers: the only code that touches the network or the outbox.
 
 Each takes one rendered variant and a batch of envelopes and says, per
-envelope, whether the provider accepted it (sent), refused it (failed) or
-whether the answer was lost after the message went out (unknown). None
+envelope, whether the provider accepted it (sent), refused it for good (failed),
+could not take it for now (deferred: a transient failure before the message was
+handed over), or whether the answer was lost after it went out (unknown). None
 touches the database; the dispatcher records what they report. They import
 only the shared types of `newsletter.model`.
 """
@@ -27,7 +28,7 @@ def messenger_from_config(config: Any) -> Messenger:
     if config.backend == "smtp":
         from .smtp import SmtpMessenger, SmtpPool
         options = dict(security=config.smtp_security, username=config.smtp_username, password=config.smtp_password,
-                       timeout=config.smtp_timeout, batch_size=config.smtp_batch_size)
+                       timeout=config.smtp_timeout, batch_size=config.smtp_batch_size, ca_file=config.smtp_ca_file)
         if config.smtp_connections > 1:
             return SmtpPool(config.smtp_connections, config.smtp_host, config.smtp_port, sender, **options)
         return SmtpMessenger(config.smtp_host, config.smtp_port, sender, **options)

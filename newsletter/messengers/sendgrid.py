@@ -201,15 +201,24 @@ class SendGridMessenger:
             payload = encode_payload(rendered, chunk, self.sender, asm_group_id=self.asm_group_id,
                                      sandbox=self.sandbox)
             try:
-                outcomes.append(self.post(payload, [e.delivery_id for e in chunk]))
+                outcome = self.post(payload, [e.delivery_id for e in chunk])
             except FatalSendError as exc:
                 outcomes.append(stop_mid_batch(exc, outcomes, (e.delivery_id for c in chunks[index:] for e in c)))
                 self.fatal = exc
                 break
+            outcomes.append(outcome)
+            if outcome.status == "deferred" and index + 1 < len(chunks):
+                # SendGrid could not take a request after every retry: the rest goes back untried.
+                outcomes.append(Outcome("pending", [e.delivery_id for c in chunks[index + 1:] for e in c],
+                                        error=outcome.error))
+                break
         return outcomes
 
     def post(self, payload: dict[str, Any] | str, ids: list[int]) -> Outcome:
-        """One request, retried on 429, 5xx and refused connections; never after the request went out unanswered."""
+        """One request, retried on 429, 5xx and refused connections; never after the request went out unanswered.
+
+        When those retries run out the request is deferred (transient: a later run tries again); a 4xx
+        other than 429 is failed; no answer after the request went out is unknown."""
         # A JSON type other than the bare "application/json" makes the client send our text as is.
         body = payload if isinstance(payload, str) else json.dumps(payload)
         error, delay = "", 0.0
@@ -239,7 +248,7 @@ class SendGridMessenger:
                                                      f"({type(exc).__name__}: {exc})")
             message_id = response.headers.get("X-Message-Id") if response.headers else None
             return Outcome("sent", ids, provider_id=message_id or f"accepted-{response.status_code}")
-        return Outcome("failed", ids, error=f"{error} (gave up after {self.max_attempts} attempts)")
+        return Outcome("deferred", ids, error=f"{error} (deferred after {self.max_attempts} attempts)")
 
     def _delay(self, attempt: int, exc: http_errors.HTTPError | None) -> float:
         headers = getattr(exc, "headers", None) or {}

@@ -6,13 +6,19 @@ is ambiguous (the server may have queued it), so that message is reported
 unknown and never retried blindly. The DATA command is therefore driven step
 by step instead of through smtplib's `data()`, which cannot tell the two apart
 and does not check the final reply code.
+
+Outcomes: a 4xx answer, or a relay that cannot be reached or drops the line
+before the message was handed over, is `deferred` (a later run retries it); a
+5xx refusal of the recipient or the message is `failed`; a 5xx refusal of the
+sender concerns every message and stops the run (FatalSendError), as do TLS
+trust and set-up errors.
 """
 
 from __future__ import annotations
 
 import email.errors
-import re
 import smtplib
+import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,17 +29,42 @@ from .mime import message_bytes, notice_bytes
 
 RETRY_ATTEMPTS = 3
 CRLF = b"\r\n"
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+NAME_MISMATCH = (62, 64)
 
 
 class _Dropped(Exception):
     """The server closed the channel (421 or EOF) before the message was handed over."""
 
 
+class _NoDelay:
+    """Every SMTP socket with TCP_NODELAY: smtplib writes each command on its own and then waits for
+    the answer, so Nagle's algorithm holding back the last segment until the server's delayed ACK
+    (about 40 ms) costs a pause per command (measured: 22 against 317 messages a second to Postfix)."""
+
+    def _get_socket(self, host, port, timeout):  # smtplib's hook for every new connection
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+class _SMTP(_NoDelay, smtplib.SMTP):
+    """Plain and STARTTLS: starttls() wraps the same socket, so the option stays set."""
+
+
+class _SMTP_SSL(_NoDelay, smtplib.SMTP_SSL):
+    pass
+
+
 def wire_bytes(data: bytes) -> bytes:
     """The DATA payload: CRLF line ends (smtplib sends bytes as they are, and the MIME is
-    written with LF), leading dots doubled, ended by CRLF.CRLF (RFC 5321 4.5.2)."""
-    data = re.sub(rb"\r?\n", CRLF, data)
-    data = re.sub(rb"(?m)^\.", b"..", data)
+    written with LF), leading dots doubled, ended by CRLF.CRLF (RFC 5321 4.5.2).
+
+    bytes.replace rather than regular expressions: the same result about seven times faster
+    on a 90 KB body, which is most of the client's work per message."""
+    data = data.replace(CRLF, b"\n").replace(b"\n", CRLF).replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        data = b"." + data
     if not data.endswith(CRLF):
         data += CRLF
     return data + b"." + CRLF
@@ -51,36 +82,58 @@ def _quietly(step: Callable[[], object]) -> None:
         pass
 
 
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """Certificates and host names verified; with `ca_file` (smtp_ca_file) only that PEM bundle is trusted."""
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except OSError as exc:  # FileNotFoundError, PermissionError, and ssl.SSLError for a file that is not PEM
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise FatalSendError(f"smtp_ca_file: {ca_file}: cannot be used as a CA bundle: {reason}") from None
+
+
 class SmtpMessenger:
     name = "smtp"
 
     def __init__(self, host: str, port: int, sender: Sender, *, security: str = "starttls", username: str = "",
-                 password: str | None = None, timeout: float = 30.0, batch_size: int = 20,
+                 password: str | None = None, timeout: float = 30.0, batch_size: int = 20, ca_file: str = "",
                  sleep: Callable[[float], None] = time.sleep):
         self.host, self.port, self.sender = host, port, sender
         self.security, self.username, self.password = security, username, password
         self.timeout, self.batch_size, self.sleep = timeout, batch_size, sleep
+        self.context = tls_context(ca_file) if security != "none" else None
+        self.ca_file = ca_file
         self.conn: smtplib.SMTP | None = None
         self.connections = 0
         self.fatal: FatalSendError | None = None
 
+    @property
+    def where(self) -> str:
+        return f"smtp: {self.host}:{self.port}"
+
     def _connect(self) -> smtplib.SMTP:
-        context = ssl.create_default_context()
         try:
             if self.security == "ssl":
-                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+                conn: smtplib.SMTP = _SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.context)
             else:
-                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                conn = _SMTP(self.host, self.port, timeout=self.timeout)
                 if self.security == "starttls":
                     try:
-                        conn.starttls(context=context)
+                        conn.starttls(context=self.context)
                     except smtplib.SMTPNotSupportedError:
                         conn.close()
-                        raise FatalSendError(f"smtp: {self.host}:{self.port} does not offer STARTTLS "
+                        raise FatalSendError(f"{self.where} does not offer STARTTLS "
                                              "(set smtp_security to ssl, or none for a local relay)") from None
         except ssl.SSLCertVerificationError as exc:
-            raise FatalSendError(f"smtp: {self.host}:{self.port}: TLS certificate not trusted: "
-                                 f"{exc.verify_message}") from None
+            if exc.verify_code in NAME_MISMATCH:
+                raise FatalSendError(f"{self.where}: TLS certificate is for another name: {exc.verify_message} "
+                                     "(set smtp_host to a name the certificate carries)") from None
+            hint = "check smtp_ca_file" if self.ca_file else "set smtp_ca_file to the CA bundle that signed it"
+            raise FatalSendError(f"{self.where}: TLS certificate not trusted: {exc.verify_message} ({hint})") from None
+        except ssl.SSLEOFError:
+            raise  # the line went down during the handshake: transient, retried like any drop
+        except ssl.SSLError as exc:
+            raise FatalSendError(f"{self.where}: TLS handshake failed: {exc.reason or exc} "
+                                 f"(is smtp_security = {self.security!r} what this port speaks?)") from None
         if self.username:
             try:
                 conn.login(self.username, self.password or "")
@@ -121,9 +174,9 @@ class SmtpMessenger:
                 break
             outcomes.append(outcome)
             if unreachable and index + 1 < len(envelopes):
-                # The server could not be reached at all: do not spend the same retries on
-                # every other message of the batch; the next batch tries again.
-                outcomes.append(Outcome("failed", [e.delivery_id for e in envelopes[index + 1:]],
+                # The server could not be reached at all: do not spend the same retries on every
+                # other message of the batch; they go back to pending, untried.
+                outcomes.append(Outcome("pending", [e.delivery_id for e in envelopes[index + 1:]],
                                         error=outcome.error))
                 break
         return outcomes
@@ -133,7 +186,10 @@ class SmtpMessenger:
             data = wire_bytes(notice_bytes(notice, self.sender))
         except (ValueError, email.errors.MessageError) as exc:
             return Outcome("failed", [], error=f"smtp: cannot build the message: {exc}")
-        return self._transmit(data, notice.to, [])[0]
+        try:
+            return self._transmit(data, notice.to, [])[0]
+        except FatalSendError as exc:
+            return Outcome("failed", [], error=str(exc))
 
     def _send_one(self, rendered: Rendered, env: Envelope) -> tuple[Outcome, bool]:
         try:
@@ -141,6 +197,17 @@ class SmtpMessenger:
         except (ValueError, email.errors.MessageError) as exc:  # UnicodeError is a ValueError
             return Outcome("failed", [env.delivery_id], error=f"smtp: cannot build the message: {exc}"), False
         return self._transmit(data, env.email, [env.delivery_id])
+
+    def _refused_sender(self, code: int, resp: bytes) -> FatalSendError:
+        """A 5xx to MAIL FROM refuses every message alike: one line saying what to change."""
+        said = f"{code} {_text(resp)}"
+        if "starttls" in said.lower():
+            hint = "set smtp_security to starttls"
+        elif "auth" in said.lower():
+            hint = "set smtp_username (and NEWSLETTER_SMTP_PASSWORD)"
+        else:
+            hint = "check sender_email and what the relay lets it send"
+        return FatalSendError(f"{self.where} refuses mail from {self.sender.email}: {said} ({hint})")
 
     def _transmit(self, data: bytes, recipient: str, ids: list[int]) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA step by step: (outcome, whether the server was unreachable)."""
@@ -153,7 +220,7 @@ class SmtpMessenger:
                 conn = self._ensure()
                 conn.ehlo_or_helo_if_needed()
             except OSError as exc:  # refused, timed out, or greeted with an error
-                last_error, unreachable = f"smtp: cannot connect to {self.host}:{self.port}: {exc}", True
+                last_error, unreachable = f"{self.where}: cannot connect: {exc or type(exc).__name__}", True
                 self._drop()
                 continue
             unreachable = False
@@ -164,24 +231,19 @@ class SmtpMessenger:
                         return Outcome("failed", ids, error="smtp: the address is not ASCII and the server does "
                                                             "not offer SMTPUTF8"), False
                     options = ["SMTPUTF8", "BODY=8BITMIME"] if conn.has_extn("8bitmime") else ["SMTPUTF8"]
-                code, resp = conn.mail(self.sender.email, options)
-                if code == 421:
-                    raise _Dropped(f"MAIL FROM: {code} {_text(resp)}")
-                if code != 250:
+                for step, command in (("MAIL FROM", lambda: conn.mail(self.sender.email, options)),
+                                      ("RCPT TO", lambda: conn.rcpt(recipient)), ("DATA", lambda: conn.docmd("DATA"))):
+                    code, resp = command()
+                    if code == 421:
+                        raise _Dropped(f"{step}: {code} {_text(resp)}")
+                    if code in (250, 251, 354):
+                        continue
+                    if step == "MAIL FROM" and code >= 500:
+                        self._drop()
+                        raise self._refused_sender(code, resp)
                     self._rset(conn)
-                    return Outcome("failed", ids, error=f"smtp MAIL FROM: {code} {_text(resp)}"), False
-                code, resp = conn.rcpt(recipient)
-                if code == 421:
-                    raise _Dropped(f"RCPT TO: {code} {_text(resp)}")
-                if code not in (250, 251):
-                    self._rset(conn)
-                    return Outcome("failed", ids, error=f"smtp RCPT TO: {code} {_text(resp)}"), False
-                code, resp = conn.docmd("DATA")
-                if code == 421:
-                    raise _Dropped(f"DATA: {code} {_text(resp)}")
-                if code != 354:
-                    self._rset(conn)
-                    return Outcome("failed", ids, error=f"smtp DATA: {code} {_text(resp)}"), False
+                    status = "deferred" if 400 <= code < 500 else "failed"
+                    return Outcome(status, ids, error=f"smtp {step}: {code} {_text(resp)}"), False
                 conn.send(data)
             except (_Dropped, OSError) as exc:  # smtplib.SMTPException is an OSError
                 # The end of the message never went out: reconnect and try again.
@@ -198,8 +260,10 @@ class SmtpMessenger:
                 return Outcome("sent", ids, provider_id=_text(resp)[:200]), False
             if code == 421:
                 self._drop()
-            return Outcome("failed", ids, error=f"smtp after DATA: {code} {_text(resp)}"), False
-        return Outcome("failed", ids, error=f"{last_error} (after {RETRY_ATTEMPTS} attempts)"), unreachable
+            # An answer to the final dot other than 250 means the server did not take the message.
+            status = "deferred" if 400 <= code < 500 else "failed"
+            return Outcome(status, ids, error=f"smtp after DATA: {code} {_text(resp)}"), False
+        return Outcome("deferred", ids, error=f"{last_error} (after {RETRY_ATTEMPTS} attempts)"), unreachable
 
     def close(self) -> None:
         if self.conn is not None:

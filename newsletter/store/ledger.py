@@ -1,15 +1,18 @@
 """The delivery ledger: a row per (issue, subscriber), written before anything is sent.
 
 pending -> sending (claimed, committed, only while the subscriber is active)
--> sent | failed | unknown; skipped for readers gone or with nothing left.
+-> sent | failed | unknown | deferred; skipped for readers gone or with nothing left.
+deferred -> pending again once its next attempt is due, or failed once it has
+waited longer than the run allows.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterator, Sequence
 
-from ..model import DELIVERY_STATUSES
+from ..model import DELIVERY_STATUSES, OPEN_DELIVERY
 from .connection import Tables, conditions, now_iso
 
 
@@ -33,11 +36,12 @@ class Ledger(Tables):
             return cur.rowcount
 
     def resolve_interrupted(self, issue_id: int, retry_unknown: bool = False,
-                            retry_failed: bool = False) -> dict[str, int]:
+                            retry_failed: bool = False, failed_matching: str = "") -> dict[str, int]:
         """Deliveries left in `sending` by a dead run may have gone out: mark them unknown.
 
         With retry_unknown (the operator's explicit choice) unknown rows go back to
-        pending; with retry_failed, failed ones (a provider refused them: safe to retry).
+        pending; with retry_failed, failed ones (a provider refused them: safe to retry),
+        only those whose error contains `failed_matching` when it is given.
         """
         now = now_iso()
         with self.transaction() as conn:
@@ -45,10 +49,12 @@ class Ledger(Tables):
                                           error = 'interrupted while sending: may or may not have been delivered'
                                           WHERE issue_id = ? AND status = 'sending'""", (now, issue_id)).rowcount
             retried = 0
-            for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)):
+            for status, wanted, matching in (("unknown", retry_unknown, ""), ("failed", retry_failed, failed_matching)):
                 if wanted:
-                    retried += conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?, error = NULL
-                                               WHERE issue_id = ? AND status = ?""", (now, issue_id, status)).rowcount
+                    retried += conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?, error = NULL,
+                                               attempts = NULL, next_attempt_at = NULL, deferred_since = NULL
+                                               WHERE issue_id = ? AND status = ? AND (? = '' OR instr(error, ?) > 0)""",
+                                            (now, issue_id, status, matching, matching)).rowcount
             if retried:
                 conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
@@ -108,11 +114,53 @@ class Ledger(Tables):
                             AND status = 'pending'""", (now, id_list))
         return claimed
 
-    def finish_issue_if_done(self, issue_id: int) -> bool:
-        """An issue is sent once nothing of it is pending or sending."""
+    def defer_deliveries(self, ids: Sequence[int], error: str | None, delay: Callable[[int], float],
+                         expect: str = "sending") -> int:
+        """A transient failure: tried once more, waiting `delay(attempts)` seconds before the next try."""
+        if not ids:
+            return 0
+        now = datetime.fromisoformat(now_iso())
+        id_list = json.dumps(list(ids))
         with self.transaction() as conn:
-            open_rows = conn.execute("""SELECT COUNT(*) FROM deliveries WHERE issue_id = ?
-                                        AND status IN ('pending', 'sending')""", (issue_id,)).fetchone()[0]
+            rows = conn.execute("SELECT id, COALESCE(attempts, 0) + 1 FROM deliveries "
+                                "WHERE id IN (SELECT value FROM json_each(?)) AND status = ?", (id_list, expect))
+            changes = [((now + timedelta(seconds=delay(attempts))).isoformat(), attempts, error, now.isoformat(),
+                        now.isoformat(), row_id) for row_id, attempts in rows.fetchall()]
+            conn.executemany("""UPDATE deliveries SET status = 'deferred', next_attempt_at = ?, attempts = ?, error = ?,
+                                updated_at = ?, deferred_since = COALESCE(deferred_since, ?) WHERE id = ?""", changes)
+        return len(changes)
+
+    def defer_pending(self, issue_id: int, error: str, wait: float) -> int:
+        """The run stopped (the relay is unreachable): what it did not try waits `wait` seconds like the rest."""
+        now = datetime.fromisoformat(now_iso())
+        with self.transaction() as conn:
+            return conn.execute("""UPDATE deliveries SET status = 'deferred', next_attempt_at = ?, error = ?,
+                                   updated_at = ?, deferred_since = COALESCE(deferred_since, ?)
+                                   WHERE issue_id = ? AND status = 'pending'""",
+                                ((now + timedelta(seconds=wait)).isoformat(), error, now.isoformat(), now.isoformat(),
+                                 issue_id)).rowcount
+
+    def release_deferred(self, issue_id: int, retry_for: float) -> dict[str, int]:
+        """Deferred deliveries waiting longer than `retry_for` seconds fail; those whose time has come are pending."""
+        now = datetime.fromisoformat(now_iso())
+        give_up_before = (now - timedelta(seconds=retry_for)).isoformat()
+        with self.transaction() as conn:
+            expired = conn.execute("""UPDATE deliveries SET status = 'failed', updated_at = ?,
+                                      error = 'gave up after ' || COALESCE(attempts, 0) || ' attempts since '
+                                              || deferred_since || ': ' || COALESCE(error, '')
+                                      WHERE issue_id = ? AND status = 'deferred' AND deferred_since < ?""",
+                                   (now.isoformat(), issue_id, give_up_before)).rowcount
+            due = conn.execute("""UPDATE deliveries SET status = 'pending', updated_at = ?
+                                  WHERE issue_id = ? AND status = 'deferred' AND next_attempt_at <= ?""",
+                               (now.isoformat(), issue_id, now.isoformat())).rowcount
+        return {"expired": expired, "due": due}
+
+    def finish_issue_if_done(self, issue_id: int) -> bool:
+        """An issue is sent once none of its deliveries is pending, sending, deferred or unknown."""
+        with self.transaction() as conn:
+            open_rows = conn.execute(f"""SELECT COUNT(*) FROM deliveries WHERE issue_id = ?
+                                         AND status IN ({', '.join('?' * len(OPEN_DELIVERY))})""",
+                                     (issue_id, *OPEN_DELIVERY)).fetchone()[0]
             if open_rows:
                 return False
             conn.execute("UPDATE issues SET status = 'sent', sent_at = COALESCE(sent_at, ?) "
@@ -131,6 +179,11 @@ class Ledger(Tables):
         where, params = conditions(("d.issue_id = ?", issue_id), ("d.status = ?", status))
         return self.query(f"""SELECT d.*, s.email FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
                               WHERE 1=1{where} ORDER BY d.id""", params)
+
+    def next_attempt_at(self, issue_id: int) -> str | None:
+        """When the issue's earliest deferred delivery may be tried again."""
+        return self.conn.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE issue_id = ? AND status = 'deferred'",
+                                 (issue_id,)).fetchone()[0]
 
     def deliveries_needing_attention(self) -> list[dict[str, Any]]:
         return self.query("""SELECT issue_id, status, COUNT(*) AS n, MAX(error) AS example FROM deliveries

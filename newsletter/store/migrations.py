@@ -176,6 +176,15 @@ def m006_throttles_and_editor_sessions(db: Database) -> None:
 
 
 @migrations()
+def m008_deferred_deliveries(db: Database) -> None:
+    # A delivery the relay could not take for now (down, 4xx) waits as `deferred`: how many times it
+    # was tried, when it may be tried again, and since when it waits (it fails after retry_deferred_days).
+    db.execute("ALTER TABLE deliveries ADD COLUMN attempts INTEGER")
+    db.execute("ALTER TABLE deliveries ADD COLUMN next_attempt_at TEXT")
+    db.execute("ALTER TABLE deliveries ADD COLUMN deferred_since TEXT")
+
+
+@migrations()
 def m009_bounce_reports(db: Database) -> None:
     # Each bounce or complaint, by its source (bounce mail, SendGrid) and its own id, so a report read
     # twice counts once; soft bounces per (subscriber, issue), so three issues in a row can be told apart
