@@ -64,6 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sendgrid_asm_group_id", 0, "SendGrid unsubscribe group id (0 = none).", int),
     Setting("sendgrid_max_attempts", 5, "Attempts per SendGrid request on 429, 5xx and refused connections.", int),
     Setting("webhook_public_key", "", "SendGrid Event Webhook verification key (base64 ECDSA public key)."),
+    Setting("webhook_tolerance_seconds", 300, "Signed webhook requests older or newer than this many seconds are refused.",
+            int),
     Setting("editors", {}, "Editor logins as a table: name = password hash (set with `newsletter editors add`).", dict),
 )
 
@@ -94,7 +96,8 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
         value = setting.kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {setting.name}: expected {setting.kind.__name__}, got {value!r}") from None
-    if setting.kind is int and setting.name.endswith(("_connections", "_batch_size", "_attempts")) and value < 1:
+    at_least_one = ("_connections", "_batch_size", "_attempts", "_tolerance_seconds")
+    if setting.kind is int and setting.name.endswith(at_least_one) and value < 1:
         raise ConfigError(f"{where}: {setting.name}: must be at least 1, got {value!r}")
     if setting.name == "timezone":
         try:

@@ -146,3 +146,19 @@ def m005_remember_audience_changes(db: Database) -> None:
     db.execute("ALTER TABLE subscribers ADD COLUMN audience_changed_at TEXT")
     db.execute("CREATE INDEX subscribers_audience_changed ON subscribers (id) WHERE audience_changed_at IS NOT NULL")
     db.execute("CREATE INDEX deliveries_subscriber ON deliveries (subscriber_id)")
+
+
+@migrations()
+def m007_rejected_events(db: Database) -> None:
+    # A provider event that cannot be used (no id, wrong types, too big or too deep) is kept
+    # here for the operator, once per payload, instead of failing its whole batch.
+    db.execute("""
+        CREATE TABLE rejected_events (
+            id INTEGER PRIMARY KEY,
+            provider TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            UNIQUE (provider, digest)
+        )""")
