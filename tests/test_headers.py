@@ -12,13 +12,14 @@ import email
 import email.errors
 import email.policy
 import re
+from email.header import decode_header, make_header
+from email.headerregistry import Address
 
 import pytest
 from hypothesis import given, strategies as st
-from email.header import decode_header, make_header
 
 from newsletter.messengers.maildir import MaildirMessenger
-from newsletter.messengers.mime import header_text, notice_bytes
+from newsletter.messengers.mime import POLICY, address_header, header_text, notice_bytes
 from newsletter.messengers.smtp import SmtpMessenger
 from newsletter.model import Envelope, Notice, Rendered, Sender, recipient_values
 from newsletter.sources.subscribers import SubscriberError, normalise_email
@@ -211,3 +212,20 @@ def test_notice_bytes_encode_a_non_ascii_subject():
     assert raw.split(b"\n\n")[0].isascii()
     msg = email.message_from_bytes(raw, policy=STRICT)
     assert msg["Subject"] == "Confirmez votre inscription à « Été »" and msg.get_content() == "Bonjour"
+
+
+ATEXT = st.text(st.sampled_from("abcXYZ019!#$%&'*+/=?^_`{|}~-"), min_size=1, max_size=8)
+
+
+@given(words=st.lists(ATEXT, max_size=4), local=st.lists(ATEXT, min_size=1, max_size=2),
+       domain=st.lists(ATEXT, min_size=1, max_size=3))
+def test_the_per_recipient_shortcut_writes_what_headerregistry_writes(words, local, domain):
+    """address_header skips building an Address for atoms and a dot-atom address; the bytes are the same."""
+    name, local_part, domain_part = " ".join(words), ".".join(local), ".".join(domain)
+    expected = POLICY.header_factory("To", [Address(display_name=name, username=local_part, domain=domain_part)])
+    written = address_header("To", name, f"{local_part}@{domain_part}")
+    if "=?" not in name:  # an encoded-word look-alike is always encoded instead
+        assert written == expected.fold(policy=POLICY)
+    msg = email.message_from_string(written + "\n", policy=STRICT)
+    assert msg["To"].addresses[0].addr_spec == f"{local_part}@{domain_part}"
+    assert decoded_display_name(msg, "To") == name

@@ -34,6 +34,9 @@ _CACHE_LIMIT = 64
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")  # Unicode Cc, Zl and Zp
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _SPACES = re.compile(" {2,}")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ATOMS = re.compile(rf"({_ATEXT}( {_ATEXT})*)?")  # a display name headerregistry writes unquoted
+_DOT_ATOM = re.compile(rf"{_ATEXT}(\.{_ATEXT})*@{_ATEXT}(\.{_ATEXT})*")
 _PART = 'Content-Type: text/{}; charset="utf-8"\nContent-Transfer-Encoding: quoted-printable\n'
 
 
@@ -45,6 +48,8 @@ def header_text(text: str) -> str:
     at both ends go; a lone surrogate becomes U+FFFD. Everything else (other
     spaces, right-to-left text, combining marks, emoji, `=?`) is kept as is.
     """
+    if text.isascii() and text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text  # already in normal form: the usual case, checked without a regular expression
     text = _LINE_BREAKING.sub(" ", _SURROGATES.sub("\ufffd", text))
     return _SPACES.sub(" ", text).strip(" ")
 
@@ -56,17 +61,16 @@ def _plain(text: str) -> bool:
             and all(len(word) <= _LONGEST_WORD for word in text.split(" ")))
 
 
-def _encoded(name: str, text: str) -> str:
-    """RFC 2047 encoded words, folded for a header called `name`."""
-    return Header(text, "utf-8", header_name=name).encode(linesep="\n")
+def _folded(name: str, text: str, charset: str = "utf-8") -> str:
+    """`text` for a header called `name`: as it is (us-ascii) or as RFC 2047 encoded words (utf-8), folded at
+    spaces. (email.policy's folder may fold right after the colon, which a parser reads back as a space.)"""
+    return Header(text, charset, header_name=name).encode(splitchars=" ", linesep="\n")
 
 
 def text_header(name: str, text: str) -> str:
     """An unstructured header (Subject) holding exactly `header_text(text)`."""
     text = header_text(text)
-    if _plain(text):
-        return POLICY.header_factory(name, text).fold(policy=POLICY)
-    return f"{name}: {_encoded(name, text)}\n"
+    return f"{name}: {_folded(name, text, 'us-ascii' if _plain(text) else 'utf-8')}\n"
 
 
 def _with_phrase(name: str, display: str, bracketed: str) -> str:
@@ -78,9 +82,9 @@ def _with_phrase(name: str, display: str, bracketed: str) -> str:
         # headerregistry's own quoting of a display name (a quoted string when it holds specials)
         phrase = str(Address(display_name=display, username="x", domain="x"))[: -len(" <x@x>")]
         if len(name) + 2 + len(phrase) > MAX_LINE:
-            phrase = _encoded(name, display)
+            phrase = _folded(name, display)
     else:
-        phrase = _encoded(name, display)
+        phrase = _folded(name, display)
     last = len(name) + 2 + len(phrase) if "\n" not in phrase else len(phrase.rpartition("\n")[2])
     fold = " " if last + len(bracketed) + 3 <= MAX_LINE else "\n "
     return f"{name}: {phrase}{fold}<{bracketed}>\n"
@@ -88,13 +92,17 @@ def _with_phrase(name: str, display: str, bracketed: str) -> str:
 
 def address_header(name: str, display: str, address: str) -> str:
     """A one-mailbox header (From, To, Reply-To): the display name as `_with_phrase` writes it."""
+    display = header_text(display)
+    if (_DOT_ATOM.fullmatch(address) and _ATOMS.fullmatch(display) and "=?" not in display
+            and len(name) + len(display) + len(address) < 75):
+        # What headerregistry writes for atoms and a dot-atom address (tests check it is the same), without
+        # building an Address: this runs once per recipient.
+        return f"{name}: {display} <{address}>\n" if display else f"{name}: {address}\n"
     local, at, domain = address.rpartition("@")
     if not (at and local and domain) or _LINE_BREAKING.search(address) or " " in address:
         raise ValueError(f"{name}: not an address: {address!r}")
     spec = Address(username=local, domain=domain).addr_spec
-    if not header_text(display):
-        return f"{name}: {spec}\n"
-    return _with_phrase(name, display, spec)
+    return _with_phrase(name, display, spec) if display else f"{name}: {spec}\n"
 
 
 def _ascii_host(host: str) -> str:
