@@ -12,6 +12,7 @@ unsubscribed) is never overwritten by a weaker one.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from datetime import datetime, timezone
@@ -34,11 +35,62 @@ SOFT_BOUNCE_LIMIT = 3
 VERDICT_STATUS = {HARD: "bounced", COMPLAINT: "complained"}
 
 
+#: Bounds of a usable event: ids and kinds as SendGrid writes them, a flat object of modest size.
+MAX_ID_LENGTH = 256
+MAX_KIND_LENGTH = 64
+MAX_EVENT_DEPTH = 8  # the event object is depth 1; SendGrid's own fields (pool, category) reach 2
+MAX_EVENT_CHARS = 64 * 1024
+_SQLITE_INT_MAX = 2**63 - 1
+
+
 def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+    """A positive id as custom_args carry it (a decimal string, or a number), within SQLite's range."""
+    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 19:
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 2.0**63:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _SQLITE_INT_MAX:
         return None
+    return value
+
+
+def _text(value: Any, longest: int) -> str | None:
+    """A non-empty string of at most `longest` characters that SQLite can store (no lone surrogate)."""
+    if not isinstance(value, str) or not 0 < len(value) <= longest:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def _email(event: dict[str, Any]) -> str | None:
+    found = _text(event.get("email"), 320)
+    return (found.strip().lower() or None) if found else None
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests (a scalar is 0), counting no further than `limit` + 1."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
+def rejection(event: Any) -> str | None:
+    """Why an event cannot be used (it is then stored as rejected and skipped), or None."""
+    if not isinstance(event, dict):
+        return f"not an object but {type(event).__name__}"
+    if _text(event.get("sg_event_id"), MAX_ID_LENGTH) is None:
+        return f"sg_event_id: not a string of 1 to {MAX_ID_LENGTH} characters"
+    if _text(event.get("event"), MAX_KIND_LENGTH) is None:
+        return f"event: not a string of 1 to {MAX_KIND_LENGTH} characters"
+    if _depth(event, MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH:
+        return f"nested deeper than {MAX_EVENT_DEPTH} levels"
+    if len(json.dumps(event)) > MAX_EVENT_CHARS:
+        return f"larger than {MAX_EVENT_CHARS} characters"
+    return None
 
 
 def _when(event: dict[str, Any]) -> str | None:
@@ -62,14 +114,17 @@ def suppresses(event: dict[str, Any]) -> str | None:
 
 
 def find_subscriber(store: Any, event: dict[str, Any]) -> dict[str, Any] | None:
-    """By the subscriber_id in custom_args when it matches the event's address, else by address."""
-    email = str(event.get("email") or "").strip().lower()
+    """The subscriber whose address the event names (custom_args alone never decide: they may be stale or
+    belong to someone else); the subscriber_id in custom_args only picks among equal addresses."""
+    email = _email(event)
+    if email is None:
+        return None
     subscriber_id = _int(event.get("subscriber_id"))
     if subscriber_id is not None:
         found = store.get_subscriber(id=subscriber_id)
-        if found is not None and (not email or found["email"] == email):
+        if found is not None and found["email"] == email:
             return found
-    return store.get_subscriber(email) if email else None
+    return store.get_subscriber(email)
 
 
 def status_verdict(status: str | None, action: str | None = None) -> str | None:
@@ -144,8 +199,11 @@ def apply(store: Any, event: dict[str, Any], when: str | None) -> str | None:
             return status
         return None
     column = DELIVERY_COLUMNS.get(event.get("event"))
-    if column and issue_id is not None and subscriber_id is not None and when:
-        store.mark_delivery_event(issue_id, subscriber_id, column, when)
+    email = _email(event)
+    if column and issue_id is not None and subscriber_id is not None and email and when:
+        # Only the delivery of the subscriber the event's address belongs to.
+        if not store.mark_delivery_event(issue_id, subscriber_id, email, column, when):
+            return None
         if verdict == DELIVERED:
             subscriber = find_subscriber(store, event)
             if subscriber is not None:
@@ -154,23 +212,26 @@ def apply(store: Any, event: dict[str, Any], when: str | None) -> str | None:
     return None
 
 
-def record_events(store: Any, provider: str, events: list[dict[str, Any]]) -> dict[str, int]:
-    """Apply and store each event (SendGrid's event shape) once; returns what happened to how many."""
+def record_events(store: Any, provider: str, events: list[Any]) -> dict[str, int]:
+    """Apply and store each event (SendGrid's event shape) once; returns what happened to how many.
+
+    An event that cannot be used (see `rejection`) is stored as rejected and counted as ignored: it never
+    stops the rest of the batch."""
     counts = {"received": len(events), "stored": 0, "replayed": 0, "ignored": 0, "applied": 0}
     for event in events:
-        event_id = event.get("sg_event_id")
-        kind = event.get("event")
-        if not isinstance(event_id, str) or not event_id or not isinstance(kind, str):
+        reason = rejection(event)
+        if reason is not None:
+            store.record_rejected_event(provider, reason, event)
             counts["ignored"] += 1
             continue
+        event_id, kind = event["sg_event_id"], event["event"]
         if store.has_event(provider, event_id):
             counts["replayed"] += 1
             continue
         when = _when(event)
         if apply(store, event, when):
             counts["applied"] += 1
-        address = event.get("email") if isinstance(event.get("email"), str) else None
-        record = {"event_id": event_id, "type": kind, "email": address,
+        record = {"event_id": event_id, "type": kind, "email": _email(event),
                   "issue_id": _int(event.get("issue_id")), "subscriber_id": _int(event.get("subscriber_id")),
                   "occurred_at": when, "payload": event}
         if store.record_event(provider, record):

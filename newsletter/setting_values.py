@@ -31,7 +31,8 @@ URL_SCHEMES = {"site_url": ("http", "https"), "sendgrid_host": ("http", "https")
 #: Path settings that must name something that exists, when set: (setting, a folder?).
 MUST_EXIST = {"templates_dir": True, "segments_file": False, "bounce_ca_file": False, "smtp_ca_file": False}
 #: Numbers must not be negative; these must be at least 1 (by name or by ending).
-AT_LEAST_ONE = ("max_summaries", "max_html_bytes", "_connections", "_batch_size", "_attempts", "_port")
+AT_LEAST_ONE = ("max_summaries", "max_html_bytes", "_connections", "_batch_size", "_attempts", "_port",
+                "_tolerance_seconds")
 
 
 def _typed(setting: Setting, value: Any) -> Any:

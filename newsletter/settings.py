@@ -68,6 +68,8 @@ SETTINGS: tuple[Setting, ...] = (
             "so a bounce names its delivery; empty = the sender_email, no VERP."),
     Setting("bounce_ca_file", "", "PEM bundle trusted for the IMAP server (a private CA); empty = the system's.",
             path=True),
+    Setting("webhook_tolerance_seconds", 300, "Signed webhook requests older or newer than this many seconds are refused.",
+            int),
     Setting("editors", {}, "Editor logins as a table: name = password hash (set with `newsletter editors add`).", dict),
 )
 

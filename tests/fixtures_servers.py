@@ -2,9 +2,10 @@
 
 A missing server program is a failure, never a skip.
 
-- `smtp_server`: aiosmtpd in a thread on 127.0.0.1, collecting every accepted
-  message in memory (`EmailMessage` objects carrying `mail_from`, `rcpt_tos` and
-  the raw bytes as received). Faults can be switched on per address: drop the
+- `smtp_server` (and `smtp_server_ascii`, which does not offer SMTPUTF8):
+  aiosmtpd in a thread on 127.0.0.1, collecting every accepted message in memory
+  (`EmailMessage` objects carrying `mail_from`, `rcpt_tos` and the raw bytes
+  as received). Faults can be switched on per address: drop the
   connection before DATA, answer 421, drop it after the message arrived, refuse
   a recipient or the message. It lives in the test process, so it outlives a
   killed child process.
@@ -150,9 +151,8 @@ class SmtpSink:
         return out
 
 
-@pytest.fixture
-def smtp_server():
-    """aiosmtpd on 127.0.0.1 at a free port; yields the SmtpSink with `.messages`."""
+def _serve_smtp(**smtp_parameters):
+    """aiosmtpd on 127.0.0.1 at a free port, with aiosmtpd's SMTP parameters; yields its SmtpSink."""
     try:
         from aiosmtpd.controller import Controller
     except ImportError:
@@ -160,7 +160,7 @@ def smtp_server():
     sink = SmtpSink()
     for _ in range(5):
         sink.port = free_port()
-        controller = Controller(sink, hostname="127.0.0.1", port=sink.port, ready_timeout=10)
+        controller = Controller(sink, hostname="127.0.0.1", port=sink.port, ready_timeout=10, **smtp_parameters)
         try:
             controller.start()
         except OSError:  # the port was taken between probe and bind
@@ -172,6 +172,18 @@ def smtp_server():
         yield sink
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server():
+    """aiosmtpd on 127.0.0.1 at a free port (offering SMTPUTF8, aiosmtpd's default); yields the SmtpSink."""
+    yield from _serve_smtp()
+
+
+@pytest.fixture
+def smtp_server_ascii():
+    """The same without SMTPUTF8 (RFC 6531), as many relays are: it takes ASCII addresses only."""
+    yield from _serve_smtp(enable_SMTPUTF8=False)
 
 
 # -- Prism (SendGrid's contract) -------------------------------------------------

@@ -12,6 +12,8 @@ import pytest
 
 from newsletter import bootstrap
 from newsletter.cli import cli
+from newsletter.segments import load_segments
+from newsletter.sources.subscribers import read_csv
 from newsletter.sources.summaries import read_sources
 from newsletter.settings import SECRET_FILE
 from newsletter.tokens import Tokens
@@ -199,7 +201,10 @@ def test_demo_runs_the_whole_job_and_twice_changes_nothing(tmp_path, runner):
     counts = demo_counts(result.stdout)
     assert set(counts) == {"patients", "caregivers", "clinicians"}
     messages = maildir_messages(directory / "outbox")
-    per_segment = Counter(m["List-Id"].split()[0] for m in messages)
+    # Headers never name a segment (List-Id names the cadence only): each recipient's segment comes from the CSV.
+    with bootstrap.sample_subscribers_csv().open(encoding="utf-8") as fh:
+        segment_of = {r["email"]: r["segment"] for r in read_csv(fh, load_segments()).good}
+    per_segment = Counter(segment_of[m["To"].addresses[0].addr_spec] for m in messages)
     assert dict(per_segment) == counts
     assert all(n > 0 for n in counts.values())
     assert (directory / "preview" / "index.html").exists()

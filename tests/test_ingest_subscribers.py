@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from newsletter.cli import cli
 from newsletter.sources.subscribers import (CSV_COLUMNS, SubscriberError, clean_subscriber, normalise_email,
-                                           read_csv, write_csv)
+                                           read_csv, read_csv_file, write_csv)
 
 DATA = Path(__file__).resolve().parent / "data" / "subscribers"
 SEGMENTS = ("patients", "caregivers", "clinicians")
@@ -253,3 +256,52 @@ def test_an_import_without_a_status_column_does_not_unconfirm_anyone(site, runne
     assert result.stdout.startswith("1 added, 1 updated")
     assert site.store.get_subscriber("plain.one@example.org")["status"] == "active"
     assert site.store.get_subscriber("plain.two@example.org")["status"] == "pending"
+
+
+# -- names from CRM exports --------------------------------------------------------
+
+def test_a_name_with_line_breaks_and_tabs_is_imported_on_one_line(site, runner, tmp_path):
+    path = tmp_path / "crm.csv"
+    path.write_text('email,name,segment\nann@example.org,"Ann\r\n\tMarie  Dupont",patients\n'
+                    'bob@example.org,Bob,patients\n', encoding="utf-8")
+    result = invoke(runner, site, "subscribers", "import", path)
+    assert result.exit_code == 0, result.output
+    assert people(site)["ann@example.org"]["name"] == "Ann Marie Dupont"
+
+
+CSV_TEXT = st.lists(st.sampled_from(["Ann", "Zoë", ",", '"', "\n", "\r\n", "\r", "\t", "\ufeff", " ", "<", "O'Neil",
+                                     "مرحبا", "\x00", "MS", "NMOSD"]) | st.text(max_size=6), max_size=8).map("".join)
+ROW = st.fixed_dictionaries({
+    "email": st.sampled_from(["ann@example.org", "Bob@Example.org", "zoë@example.org", "not an address", "",
+                              "c@example.org\n", "d,e@example.org"]) | st.from_regex(r"\A[a-z]{1,8}@example\.org\Z"),
+    "name": CSV_TEXT, "segment": st.sampled_from(["patients", "clinicians", "nobody", " caregivers"]),
+    "topics": CSV_TEXT, "status": st.sampled_from(["", "active", "pending", "gone"])})
+
+
+@given(rows=st.lists(ROW, max_size=10), bom=st.booleans(), ending=st.sampled_from(["\n", "\r\n"]))
+def test_any_csv_imports_good_rows_on_one_line_and_reports_bad_rows_by_line(tmp_path_factory, rows, bom, ending):
+    out = io.StringIO()
+    # The csv writer quotes a field holding a line break only when that break is in its line terminator.
+    writer = csv.writer(out, lineterminator=ending, quoting=csv.QUOTE_MINIMAL if ending == "\r\n" else csv.QUOTE_ALL)
+    writer.writerow(["email", "name", "segment", "topics", "status"])
+    starts = []
+    for row in rows:
+        starts.append(len(re.findall("\r\n|\r|\n", out.getvalue())) + 1)  # the line the row starts on
+        writer.writerow([row["email"], row["name"], row["segment"], row["topics"], row["status"]])
+    path = tmp_path_factory.mktemp("csv") / "people.csv"
+    path.write_bytes((("\ufeff" if bom else "") + out.getvalue()).encode("utf-8"))
+
+    result = read_csv_file(path, SEGMENTS)
+
+    bad = dict(result.bad)
+    assert len(bad) == len(result.bad) and set(bad) <= set(starts)
+    assert len(result.good) + len(result.bad) == len(rows)
+    good = iter(result.good)
+    for row, line in zip(rows, starts):
+        if line in bad:
+            continue
+        rec = next(good)
+        assert rec["email"] == normalise_email(row["email"])
+        assert rec["name"] == " ".join(re.sub("[\x00-\x1f\x7f-\x9f\u2028\u2029]", " ", row["name"]).split())
+        assert not re.search("[\r\n\t\x0b\x0c\x1c-\x1f\x85\u2028\u2029]", rec["name"])
+        assert row["segment"].strip() == rec["segment"]

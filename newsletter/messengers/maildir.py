@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.errors
 import mailbox
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +27,7 @@ class MaildirMessenger:
         for env in envelopes:
             try:
                 msg = message_bytes(rendered, env, self.sender)
-            except (ValueError, email.errors.MessageError) as exc:  # e.g. a non-ASCII local part
+            except ValueError as exc:  # e.g. an address that cannot be written in a header
                 outcomes.append(Outcome("failed", [env.delivery_id], error=f"maildir: cannot build the message: {exc}"))
                 continue
             try:
@@ -42,7 +41,7 @@ class MaildirMessenger:
     def send_notice(self, notice: Notice) -> Outcome:
         try:
             return Outcome("sent", [], provider_id=self.box.add(notice_bytes(notice, self.sender)))
-        except (OSError, ValueError, email.errors.MessageError) as exc:
+        except (OSError, ValueError) as exc:
             return Outcome("failed", [], error=f"maildir: {exc}")
 
     def close(self) -> None:

@@ -211,7 +211,8 @@ class SmtpMessenger:
 
     def _transmit(self, data: bytes, recipient: str, ids: list[int]) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA step by step: (outcome, whether the server was unreachable)."""
-        utf8 = not (recipient.isascii() and self.sender.email.isascii())
+        # Display text is RFC 2047 (ASCII); only a non-ASCII address (To, From, Reply-To) needs SMTPUTF8.
+        utf8 = not (recipient.isascii() and self.sender.email.isascii() and data.isascii())
         last_error, unreachable = "", False
         for attempt in range(RETRY_ATTEMPTS):
             if attempt:

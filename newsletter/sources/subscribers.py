@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, TextIO
@@ -14,10 +15,16 @@ from ..model import SUBSCRIBER_STATUSES
 from ..segments import CADENCES
 
 CSV_COLUMNS = ("email", "name", "segment", "cadence", "topics", "status")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class SubscriberError(Exception):
     pass
+
+
+def one_line(name: str) -> str:
+    """A name as CRM exports write it (line breaks, tabs, stray control characters) on one line, single-spaced."""
+    return " ".join(_CONTROLS.sub(" ", name).split())
 
 
 def normalise_email(address: str) -> str:
@@ -50,9 +57,9 @@ def clean_subscriber(raw: dict[str, Any], segments: Iterable[str], known_topics:
         if unknown:
             raise SubscriberError(f"topics: {unknown[0]!r} is not one of {', '.join(canonical.values())}")
         topics = [canonical[t.lower()] for t in topics]
-    name = (raw.get("name") or "").strip()
-    if len(name) > 200 or any(ch in name for ch in "<>\r\n"):
-        raise SubscriberError(f"name: {name[:40]!r}: at most 200 characters, no <, > or line breaks")
+    name = one_line(raw.get("name") or "")
+    if len(name) > 200 or any(ch in name for ch in "<>"):
+        raise SubscriberError(f"name: {name[:40]!r}: at most 200 characters, no < or >")
     return {"email": email, "name": name, "segment": segment, "cadence": cadence,
             "topics": sorted(set(topics)), "status": status}
 
@@ -65,18 +72,33 @@ class CsvResult:
 
 def read_csv(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str] = (),
              where: str = "csv") -> CsvResult:
+    """Each row checked alone; a bad row is reported by the line it starts on (a quoted name may span lines)."""
     segments, known_topics = list(segments), list(known_topics)
-    reader = csv.DictReader(handle)
-    if not reader.fieldnames or "email" not in reader.fieldnames or "segment" not in reader.fieldnames:
+    reader = csv.reader(handle)
+    try:
+        fieldnames = [name.lstrip("\ufeff") if i == 0 else name for i, name in enumerate(next(reader, []))]
+    except csv.Error as exc:
+        raise SubscriberError(f"{where}: line 1: not CSV: {exc}") from None
+    if "email" not in fieldnames or "segment" not in fieldnames:
         raise SubscriberError(f"{where}: line 1: header must name at least email and segment "
                               f"(columns: {', '.join(CSV_COLUMNS)})")
-    unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
+    unknown = [c for c in fieldnames if c not in CSV_COLUMNS]
     if unknown:
         raise SubscriberError(f"{where}: line 1: unknown column {unknown[0]!r} (columns: {', '.join(CSV_COLUMNS)})")
     result = CsvResult()
     seen: dict[str, int] = {}
-    for row in reader:
-        line = reader.line_num
+    while True:
+        line = reader.line_num + 1
+        try:
+            values = next(reader, None)
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit: the rest cannot be trusted
+            result.bad.append((line, f"not CSV from here on: {exc}"))
+            break
+        if values is None:
+            break
+        if not values:  # a blank line
+            continue
+        row = dict(zip(fieldnames, values))
         try:
             rec = clean_subscriber(row, segments, known_topics)
         except SubscriberError as exc:

@@ -176,6 +176,22 @@ def m006_throttles_and_editor_sessions(db: Database) -> None:
 
 
 @migrations()
+def m007_rejected_events(db: Database) -> None:
+    # A provider event that cannot be used (no id, wrong types, too big or too deep) is kept
+    # here for the operator, once per payload, instead of failing its whole batch.
+    db.execute("""
+        CREATE TABLE rejected_events (
+            id INTEGER PRIMARY KEY,
+            provider TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            UNIQUE (provider, digest)
+        )""")
+
+
+@migrations()
 def m008_deferred_deliveries(db: Database) -> None:
     # A delivery the relay could not take for now (down, 4xx) waits as `deferred`: how many times it
     # was tried, when it may be tried again, and since when it waits (it fails after retry_deferred_days).
