@@ -146,3 +146,21 @@ def m005_remember_audience_changes(db: Database) -> None:
     db.execute("ALTER TABLE subscribers ADD COLUMN audience_changed_at TEXT")
     db.execute("CREATE INDEX subscribers_audience_changed ON subscribers (id) WHERE audience_changed_at IS NOT NULL")
     db.execute("CREATE INDEX deliveries_subscriber ON deliveries (subscriber_id)")
+
+
+@migrations()
+def m011_consent_records(db: Database) -> None:
+    # How and when each person agreed to receive the digest, one row per act of consent, for every path
+    # (the sign-up form, an import, the CLI, an editor). Erasing the person erases these rows with them.
+    db.execute("""
+        CREATE TABLE consent_records (
+            id INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            method TEXT NOT NULL,  -- form, import, cli, editor (store/consent.py checks; a new path adds a word)
+            basis TEXT NOT NULL,
+            wording_version TEXT,
+            recorded_at TEXT NOT NULL,
+            opted_in_at TEXT,
+            ip TEXT
+        )""")
+    db.execute("CREATE INDEX consent_records_subscriber ON consent_records (subscriber_id)")
