@@ -8,17 +8,18 @@ share it; migrations are named, recorded and applied on open.
 from __future__ import annotations
 
 from .connection import Tables, decode_topics, now_iso
+from .consent import CONSENT_METHODS, Consent
 from .events import Events
-from .issues import TRANSITIONS, Issues, may_send
+from .issues import TRANSITIONS, Issues, may_send, reading_hold
 from .ledger import Ledger
 from .migrations import migrations
 from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 
 
-class Store(Summaries, Subscribers, Issues, Ledger, Events, Tables):
+class Store(Summaries, Consent, Subscribers, Issues, Ledger, Events, Tables):
     """All table groups on one connection (a transaction may span groups)."""
 
 
-__all__ = ["SUMMARY_FIELDS", "TRANSITIONS", "Events", "ImportCounts", "Issues", "Ledger", "Store", "Subscribers",
-           "Summaries", "Tables", "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]
+__all__ = ["CONSENT_METHODS", "Consent", "SUMMARY_FIELDS", "TRANSITIONS", "Events", "ImportCounts", "Issues",
+           "Ledger", "Store", "Subscribers", "Summaries", "Tables", "reading_hold", "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]
