@@ -208,7 +208,8 @@ def read_import(handle: TextIO, segments: Iterable[str], known_topics: Iterable[
     absent = [c for c in mapping if c not in header]
     if absent:
         raise SubscriberError(f"{where}: line 1: --map: no column {absent[0]!r} (columns: {', '.join(header)})")
-    if layout is OWN and not mapping and (set(header) - set(CSV_COLUMNS) or not any(defaults.values())):
+    if (layout is OWN and not mapping and "email" in header
+            and (set(header) - set(CSV_COLUMNS) or not any(defaults.values()))):
         handle.seek(0)  # our own format, as it always was read (an unknown column is refused at line 1)
         strict = read_csv(handle, segments, known_topics, where=where)
         result.good, result.bad = strict.good, strict.bad
