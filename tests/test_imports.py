@@ -11,22 +11,14 @@ import pytest
 from hypothesis import given, strategies as st
 
 from newsletter import bootstrap
-from newsletter.cli import cli
 from newsletter.model import SUPPRESSED
 from newsletter.sources.imports import LAYOUTS, ImportResult, detect, parse_map, parse_time, read_import
 from newsletter.sources.subscribers import SubscriberError
 from newsletter.sources.summaries import read_sources
+from tests.test_ingest_subscribers import invoke, people
 
 DATA = Path(__file__).resolve().parent / "data" / "imports"
 SEGMENTS = ("patients", "caregivers", "clinicians")
-
-
-def invoke(runner, ctx, *args):
-    return runner.invoke(cli, ["--config", str(ctx.config.source), *map(str, args)], catch_exceptions=False)
-
-
-def people(ctx) -> dict[str, dict]:
-    return {r["email"]: r for r in ctx.store.subscribers()}
 
 
 def consents(ctx, address: str) -> list[dict]:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from newsletter.cli import cli
 from newsletter.readability import flagged, grades, plain_text, sentences, syllables
 from newsletter.store import reading_hold
 from tests.conftest import read_maildir
+from tests.test_ingest_subscribers import invoke
 
 # 12 words, 2 sentences, 12 syllables (every word has one):
 # FK = 0.39 * 12/2 + 11.8 * 12/12 - 15.59 = 2.34 + 11.8 - 15.59 = -1.45
@@ -88,10 +88,6 @@ def summary_file(tmp_path, **texts) -> str:
                                  "source_url": "https://doi.org/10.5555/a", "teaser": EASY, "patients": EASY,
                                  "caregivers": EASY, **texts}]))
     return str(path)
-
-
-def invoke(runner, ctx, *args):
-    return runner.invoke(cli, ["--config", str(ctx.config.source), *map(str, args)], catch_exceptions=False)
 
 
 def test_import_warns_and_check_lists_each_flagged_field(site, runner, tmp_path):

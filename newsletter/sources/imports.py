@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
-from .subscribers import CSV_COLUMNS, SubscriberError, clean_subscriber, read_csv
+from .subscribers import CSV_COLUMNS, SubscriberError, clean_rows, clean_subscriber, read_csv
 
 #: What a column can be mapped to with --map COLUMN=FIELD.
 FIELDS = ("email", "name", "first_name", "last_name", "segment", "cadence", "topics", "status", "opted_in_at", "ip")
@@ -224,21 +224,14 @@ def read_import(handle: TextIO, segments: Iterable[str], known_topics: Iterable[
         raise SubscriberError(f"{where}: line 1: no segment column; give --segment for this file")
     used = {c for cols in sources.values() for c in cols} | set(layout.status_columns)
     result.ignored = [c for c in header if c not in used]
-    seen: dict[str, int] = {}
-    for row in reader:
-        line = reader.line_num
-        try:
-            if None in row:
-                raise SubscriberError(f"row: {len(header) + len(row[None])} cells for {len(header)} columns")
-            record = convert_row(row, layout, sources, segments, known_topics, defaults)
-        except SubscriberError as exc:
-            result.bad.append((line, str(exc)))
-            continue
-        if record["email"] in seen:
-            result.bad.append((line, f"email: {record['email']} already on line {seen[record['email']]}"))
-            continue
-        seen[record["email"]] = line
-        result.good.append(record)
+
+    def clean(row: dict[str, Any]) -> dict[str, Any]:
+        if None in row:
+            raise SubscriberError(f"row: {len(header) + len(row[None])} cells for {len(header)} columns")
+        return convert_row(row, layout, sources, segments, known_topics, defaults)
+
+    cleaned = clean_rows(reader, clean)
+    result.good, result.bad = cleaned.good, cleaned.bad
     return result
 
 

@@ -6,7 +6,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -73,12 +73,17 @@ def read_csv(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str
     unknown = [c for c in reader.fieldnames if c not in CSV_COLUMNS]
     if unknown:
         raise SubscriberError(f"{where}: line 1: unknown column {unknown[0]!r} (columns: {', '.join(CSV_COLUMNS)})")
+    return clean_rows(reader, lambda row: clean_subscriber(row, segments, known_topics))
+
+
+def clean_rows(reader: Any, clean: Callable[[dict[str, Any]], dict[str, Any]]) -> CsvResult:
+    """Each row of a csv reader through `clean`: a bad row (or a second row for one address) is kept with its line."""
     result = CsvResult()
     seen: dict[str, int] = {}
     for row in reader:
         line = reader.line_num
         try:
-            rec = clean_subscriber(row, segments, known_topics)
+            rec = clean(row)
         except SubscriberError as exc:
             result.bad.append((line, str(exc)))
             continue
