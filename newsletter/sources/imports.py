@@ -56,11 +56,7 @@ class Layout:
     signature: tuple[str, ...]                    # columns whose presence identifies the export
     fields: Mapping[str, tuple[str, ...]]         # our field -> the columns that may carry it, first filled wins
     status: Callable[[Row], str] | None = None    # the tool's status, from its own columns
-    status_columns: tuple[str, ...] = ()
-    source: str = ""                              # where the layout was read (tests/data/imports/README.md)
-
-    def columns(self) -> set[str]:
-        return {c for cols in self.fields.values() for c in cols} | set(self.status_columns)
+    status_columns: tuple[str, ...] = ()          # where each layout was read: tests/data/imports/README.md
 
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
