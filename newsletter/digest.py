@@ -23,7 +23,7 @@ from .model import Messenger, VariantFor
 from .render import Renderer, issue_variants
 from .segments import Segment
 from .select import local_today, period_for, select_summaries
-from .store import Store, may_send
+from .store import Store, may_send, reading_hold
 from .tokens import Tokens
 
 log = logging.getLogger("newsletter.digest")
@@ -121,7 +121,14 @@ class DigestRunner:
             raise LookupError(f"issue {issue_id}: no such issue")
         if not may_send(issue, retrying):
             raise LookupError(f"issue {issue_id}: is {issue['status']}; approve it first")
+        if held := self.reading_hold(issue):
+            raise LookupError(held)
         return issue
+
+    def reading_hold(self, issue: dict[str, Any]) -> str | None:
+        if not self.config.enforce_reading_grade:
+            return None
+        return reading_hold(issue, self.store.issue_summaries(issue["id"]), self.config.max_reading_grade)
 
     def send_one(self, issue_id: int, retry_unknown: bool = False, retry_failed: bool = False,
                  failed_matching: str = "") -> RunReport:
@@ -143,6 +150,9 @@ class DigestRunner:
         else:
             issues = [self.sendable_issue(i, retrying) for i in issue_ids]
         issues = [issue for issue in issues if may_send(issue, retrying)]
+        held = {issue["id"]: why for issue in issues if (why := self.reading_hold(issue))}
+        report.warnings += held.values()
+        issues = [issue for issue in issues if issue["id"] not in held]
         if not issues:
             return
         tokens = self.tokens or Tokens(self.config.require_secret())

@@ -35,6 +35,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_summaries", 10, "Most summaries in one digest; more fall back to teaser links.", int),
     Setting("max_age_days", 45, "Summaries older than this many days are never selected.", int),
     Setting("max_html_bytes", 90_000, "Largest rendered HTML allowed (Gmail clips at about 102 KB).", int),
+    Setting("max_reading_grade", 8.0, "Highest reading grade (Flesch-Kincaid, SMOG) of a teaser or a patients' or "
+            "caregivers' paragraph before it is flagged (NIH: about 8).", float),
+    Setting("enforce_reading_grade", False, "Refuse to send an issue whose summaries are flagged above "
+            "max_reading_grade (otherwise they are only reported).", bool),
     Setting("require_approval", "auto", "Drafts wait for an editor: yes, no, or auto (yes for smtp and sendgrid).",
             choices=("auto", "yes", "no")),
     Setting("rate_limit", 0.0, "Most messages per second sent (0 = no limit).", float),

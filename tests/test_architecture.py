@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 
 #: Lowest first. A module may import its own layer or lower ones, never a higher one.
 LAYERS = [
-    {"model", "settings", "segments", "topics", "tokens", "progress", "config_edit", "setting_values"},
+    {"model", "settings", "segments", "topics", "tokens", "progress", "config_edit", "setting_values", "readability"},
     {"store", "sources", "select"},
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},

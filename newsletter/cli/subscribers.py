@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from ..context import Context
 from ..model import SUBSCRIBER_STATUSES
-from ..sources.subscribers import clean_subscriber, normalise_email, read_csv_file, write_csv
+from ..segments import CADENCES
+from ..sources.imports import FIELDS, LAYOUTS, known_topics, parse_map, read_import_file
+from ..sources.subscribers import clean_subscriber, normalise_email, write_csv
 from .common import cadence_option, handle_errors, pass_ctx, segment_option
+
+
+def site_known_topics(ctx: Context) -> list[str]:
+    """Topics of the stored summaries plus the site's topic list (topics.toml), if it has one."""
+    return known_topics((t for s in ctx.store.summaries() for t in s["topics"]), ctx.config.segments_file or None)
+
+
+def consent_option(default_help: str) -> Callable:
+    return click.option("--consent-basis", metavar="TEXT",
+                        help="How these people agreed to the digest, kept as a consent record "
+                             f"(e.g. \"paper form 2025\"); {default_help}")
 
 
 @click.group()
@@ -24,40 +38,85 @@ def subscribers() -> None:
 @cadence_option("How often this person gets a digest.")
 @click.option("--topic", "topics", multiple=True, help="A topic to follow (repeat; none = all topics).")
 @click.option("--confirmed", is_flag=True, help="The person already confirmed (status active, not pending).")
+@consent_option("without it none is recorded.")
 @pass_ctx
 @handle_errors
 def subscribers_add(ctx: Context, email: str, segment: str, name: str, cadence: str, topics: tuple[str, ...],
-                    confirmed: bool) -> None:
-    """Add one subscriber (pending until confirmed, unless --confirmed)."""
+                    confirmed: bool, consent_basis: str | None) -> None:
+    """Add one subscriber (pending until confirmed, unless --confirmed).
+
+    A topic must be one of the site's (stored summaries' topics and topics.toml).
+
+    \b
+    Example:
+        newsletter subscribers add ana@example.org --segment caregivers --topic NMOSD --confirmed \\
+            --consent-basis "paper form 2025"
+    """
     # Without --confirmed a new address is pending and an existing one keeps its status.
     rec = clean_subscriber({"email": email, "segment": segment, "name": name, "cadence": cadence,
-                            "topics": list(topics), "status": "active" if confirmed else None}, ctx.segments)
-    counts = ctx.store.upsert_subscribers([rec])
+                            "topics": list(topics), "status": "active" if confirmed else None}, ctx.segments,
+                           site_known_topics(ctx))
+    if consent_basis:
+        rec["consent"] = {"method": "cli", "basis": consent_basis}
+    counts = ctx.store.upsert_subscribers_with_consent([rec])
     current = ctx.store.get_subscriber(rec["email"])
     verb = "added" if counts["added"] else "updated"
-    click.echo(f"{verb} {current['email']} ({current['segment']}, {current['cadence']}, {current['status']})")
+    click.echo(f"{verb} {current['email']} ({current['segment']}, {current['cadence']}, {current['status']})"
+               + (", consent recorded" if counts["consents"] else ""))
 
 
 @subscribers.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--from", "tool", type=click.Choice(sorted(LAYOUTS)),
+              help="The tool that wrote the file (default: recognised by its header, else our own CSV).")
+@click.option("--map", "maps", multiple=True, metavar="COLUMN=FIELD",
+              help=f"Read COLUMN as FIELD (repeat), one of: {', '.join(FIELDS)}.")
+@segment_option("Segment for rows that name none (files from other tools have no segment column).")
+@click.option("--cadence", type=click.Choice(CADENCES), help="Cadence for rows that name none (default weekly).")
+@consent_option("default for --from and detected exports: \"imported from <tool>\".")
 @click.option("--strict", is_flag=True, help="Reject the whole file if any row is bad.")
 @pass_ctx
 @handle_errors
-def subscribers_import(ctx: Context, csv_file: Path, strict: bool) -> None:
-    """Import subscribers from CSV (columns: email,name,segment,cadence,topics,status).
+def subscribers_import(ctx: Context, csv_file: Path, tool: str | None, maps: tuple[str, ...], segment: str | None,
+                       cadence: str | None, consent_basis: str | None, strict: bool) -> None:
+    """Import subscribers from our CSV (email,name,segment,cadence,topics,status) or another tool's export.
 
-    Bad rows are reported by line number and skipped; the good rows are
-    imported. An address that unsubscribed is never made active again by an
-    import. Topics are separated by semicolons.
+    Mailchimp, listmonk, Substack, Buttondown and Ghost exports are recognised
+    by their header (or named with --from); their statuses keep who
+    unsubscribed or bounced (never made active), their opt-in times become
+    consent records, and columns we have no use for are listed once and
+    ignored. Bad rows are reported by line number and skipped; an address
+    that unsubscribed is never made active again by an import. Topics are
+    separated by semicolons and must be the site's topics.
+
+    \b
+    Examples:
+        newsletter subscribers import people.csv
+        newsletter subscribers import subscribed_members_export.csv --segment patients
+        newsletter subscribers import members.csv --from ghost --segment caregivers --cadence monthly
+        newsletter subscribers import list.csv --map "E-mail=email" --map "Full name=name" --segment patients \\
+            --consent-basis "paper form 2025"
     """
-    result = read_csv_file(csv_file, ctx.segments)
+    result = read_import_file(csv_file, ctx.segments, site_known_topics(ctx), tool=tool, mapping=parse_map(maps),
+                              defaults={"segment": segment, "cadence": cadence})
+    if result.detected:
+        click.echo(f"{csv_file}: {result.layout.label} export (recognised by its header; --from to say otherwise)",
+                   err=True)
+    if result.ignored:
+        click.echo(f"{csv_file}: ignored {len(result.ignored)} columns: {', '.join(result.ignored)}", err=True)
     for line, reason in result.bad:
         click.echo(f"{csv_file}: line {line}: {reason}", err=True)
     if strict and result.bad:
         raise click.ClickException(f"{csv_file}: {len(result.bad)} bad rows; nothing imported (--strict)")
-    counts = ctx.store.upsert_subscribers(result.good)
+    basis = consent_basis or (f"imported from {result.layout.label}" if result.layout.name in LAYOUTS else None)
+    for rec in result.good:
+        if basis:
+            rec["consent"] = {"method": "import", "basis": basis, "opted_in_at": rec.get("opted_in_at"),
+                              "ip": rec.get("ip")}
+    counts = ctx.store.upsert_subscribers_with_consent(result.good)
     click.echo(f"{counts['added']} added, {counts['updated']} updated, {len(result.bad)} rejected"
-               + (f", {counts['kept_suppressed']} kept unsubscribed" if counts["kept_suppressed"] else ""))
+               + (f", {counts['kept_suppressed']} kept unsubscribed" if counts["kept_suppressed"] else "")
+               + (f", {counts['consents']} consent records" if counts["consents"] else ""))
 
 
 @subscribers.command("export")

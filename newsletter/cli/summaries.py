@@ -1,4 +1,4 @@
-"""`newsletter summaries`: import, pull (the configured feeds), list and publish research summaries."""
+"""`newsletter summaries`: import, pull (the configured feeds), list, publish and check research summaries."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import click
 
 from ..context import Context
 from ..pull import pull_feeds
+from ..readability import flagged
 from ..sources.summaries import read_sources
 from .common import handle_errors, pass_ctx
 
 
 @click.group()
 def summaries() -> None:
-    """Import, pull, list and publish research summaries."""
+    """Import, pull, list, publish and check research summaries."""
 
 
 @summaries.command("import")
@@ -34,9 +35,12 @@ def summaries_import(ctx: Context, sources: tuple[str, ...]) -> None:
     Example:
         newsletter summaries import summaries/*.md feed.xml
     """
-    counts = ctx.store.upsert_summaries(read_sources(sources, ctx.topics))
+    records = read_sources(sources, ctx.topics)
+    counts = ctx.store.upsert_summaries(records)
     click.echo(f"{counts.inserted} added, {counts.updated} updated, {counts.revised} new revisions, "
                f"{counts.unchanged} unchanged")
+    for line in reading_warnings(records, ctx.config.max_reading_grade):
+        click.echo(f"warning: {line}", err=True)
 
 
 @summaries.command("list")
@@ -100,3 +104,36 @@ def summaries_publish(ctx: Context, slugs: tuple[str, ...]) -> None:
     """
     count = ctx.store.publish_summaries(list(slugs))
     click.echo(f"{count} published, {len(slugs) - count} already published")
+# -- summaries check: the reading grade of the lay text ---------------------------------------------------
+
+def reading_warnings(summaries: list[dict], max_grade: float) -> list[str]:
+    """"slug  field  grades" for each lay field above max_grade."""
+    return [f"{s.get('slug') or s.get('derived_slug')}  {flag.field}  {flag.describe()} (above {max_grade:g})"
+            for s in summaries for flag in flagged(s, max_grade)]
+
+
+@summaries.command("check")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only summaries published on or after this date (YYYY-MM-DD).")
+@click.option("--max-grade", type=float, help="Flag above this grade instead of the max_reading_grade setting.")
+@pass_ctx
+@handle_errors
+def summaries_check(ctx: Context, since: datetime | None, max_grade: float | None) -> None:
+    """List the lay fields (teaser, patients, caregivers) that read above max_reading_grade.
+
+    One line per flagged field: slug, field, Flesch-Kincaid and SMOG grades
+    (SMOG only from three sentences on). Exits 1 when any is flagged. With
+    enforce_reading_grade set, `digest run` and `issues send` hold an issue
+    carrying any of them.
+
+    \b
+    Example:
+        newsletter summaries check --since 2026-11-01
+    """
+    limit = ctx.config.max_reading_grade if max_grade is None else max_grade
+    rows = ctx.store.summaries(since=since.date().isoformat() if since else None)
+    lines = reading_warnings(rows, limit)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"{len(lines)} fields above grade {limit:g} in {len(rows)} summaries", err=True)
+    if lines:
+        sys.exit(1)

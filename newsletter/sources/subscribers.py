@@ -7,7 +7,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -75,32 +75,43 @@ def read_csv(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str
     """Each row checked alone; a bad row is reported by the line it starts on (a quoted name may span lines)."""
     segments, known_topics = list(segments), list(known_topics)
     reader = csv.reader(handle)
-    try:
-        fieldnames = [name.lstrip("\ufeff") if i == 0 else name for i, name in enumerate(next(reader, []))]
-    except csv.Error as exc:
-        raise SubscriberError(f"{where}: line 1: not CSV: {exc}") from None
+    fieldnames = read_header(reader, where)
     if "email" not in fieldnames or "segment" not in fieldnames:
         raise SubscriberError(f"{where}: line 1: header must name at least email and segment "
                               f"(columns: {', '.join(CSV_COLUMNS)})")
     unknown = [c for c in fieldnames if c not in CSV_COLUMNS]
     if unknown:
         raise SubscriberError(f"{where}: line 1: unknown column {unknown[0]!r} (columns: {', '.join(CSV_COLUMNS)})")
+    return clean_rows(reader, fieldnames, lambda row: clean_subscriber(row, segments, known_topics))
+
+
+def read_header(reader: Any, where: str) -> list[str]:
+    """The first row of a csv.reader: the column names (a byte-order mark left by Excel dropped)."""
+    try:
+        return [name.lstrip("\ufeff") if i == 0 else name for i, name in enumerate(next(reader, []))]
+    except csv.Error as exc:
+        raise SubscriberError(f"{where}: line 1: not CSV: {exc}") from None
+
+
+def clean_rows(reader: Any, fieldnames: list[str], clean: Callable[[dict[str, Any]], dict[str, Any]]) -> CsvResult:
+    """Each row of a csv.reader (past its header, `fieldnames`) through `clean`: a bad row (or a second row for
+    one address) is kept with the line it starts on."""
     result = CsvResult()
     seen: dict[str, int] = {}
     while True:
         line = reader.line_num + 1
         try:
             values = next(reader, None)
-        except csv.Error as exc:  # e.g. a field over the csv module's size limit: the rest cannot be trusted
-            result.bad.append((line, f"not CSV from here on: {exc}"))
-            break
+        except csv.Error as exc:  # e.g. a bare carriage return, a field over the size limit: that record is bad
+            result.bad.append((line, f"not CSV: {exc}"))
+            continue
         if values is None:
             break
         if not values:  # a blank line
             continue
         row = dict(zip(fieldnames, values))
         try:
-            rec = clean_subscriber(row, segments, known_topics)
+            rec = clean(row)
         except SubscriberError as exc:
             result.bad.append((line, str(exc)))
             continue

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from .bounces import Bounces
 from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
+from .consent import CONSENT_METHODS, Consent
 from .editor_sessions import EditorSessions
 from .events import Events
 from .feeds import NOTICE_AFTER, Feeds
-from .issues import TRANSITIONS, Issues, may_send
+from .issues import TRANSITIONS, Issues, may_send, reading_hold
 from .ledger import Ledger
 from .migrations import migrations
 from .reports import Reports
@@ -25,6 +26,7 @@ from .throttles import Attempt, Limit, Throttles
 class Store(
     Feeds,
     Summaries,
+    Consent,
     Subscribers,
     Signups,
     Issues,
@@ -40,8 +42,8 @@ class Store(
 
 
 __all__ = [
-    "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
-    "Attempt", "Bounces", "DatabaseError", "EditorSessions", "Events", "Feeds", "ImportCounts", "Issues", "Ledger",
-    "Limit", "Reports", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles",
-    "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "now_iso",
+    "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
+    "Attempt", "Bounces", "Consent", "DatabaseError", "EditorSessions", "Events", "Feeds", "ImportCounts", "Issues",
+    "Ledger", "Limit", "Reports", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles",
+    "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "now_iso", "reading_hold",
 ]

@@ -124,7 +124,12 @@ class Tables:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE so writers queue on the busy timeout instead of failing mid-way."""
+        """BEGIN IMMEDIATE so writers queue on the busy timeout instead of failing mid-way.
+
+        Inside an open transaction it joins it: the outer one commits or rolls back everything."""
+        if self.conn.in_transaction:
+            yield self.conn
+            return
         started = time.perf_counter()
         try:
             self.conn.execute("BEGIN IMMEDIATE")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..model import ISSUE_STATUSES
+from ..readability import flagged
 from .connection import Tables, decode_topics, now_iso
 
 #: The editors' moves: new status -> the statuses it may come from.
@@ -14,6 +15,19 @@ TRANSITIONS = {"approved": ("draft",), "cancelled": ("draft", "approved")}
 def may_send(issue: dict[str, Any], retrying: bool = False) -> bool:
     """Approved or interrupted issues are sent; a sent one only again when retrying some of its deliveries."""
     return issue["status"] in ("approved", "sending") or (retrying and issue["status"] == "sent")
+
+
+def reading_hold(issue: dict[str, Any], summaries: Iterable[dict[str, Any]], max_grade: float) -> str | None:
+    """With enforce_reading_grade on: why an approved issue may not be sent (its lay text reads above
+    max_grade), in one line naming each flagged field; None when it may. An issue already being sent is
+    never held half-way (some readers have it; the rest must get the same)."""
+    if issue["status"] != "approved":
+        return None
+    flags = [f"{s['slug']} {flag.field} ({flag.describe()})" for s in summaries for flag in flagged(s, max_grade)]
+    if not flags:
+        return None
+    return (f"issue {issue['id']}: held, reading grade above {max_grade:g} (enforce_reading_grade): "
+            + "; ".join(flags))
 
 
 class Issues(Tables):

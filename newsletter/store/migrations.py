@@ -257,3 +257,21 @@ def m010_feeds(db: Database) -> None:
     db.execute("CREATE INDEX summaries_url ON summaries (url) WHERE url != ''")
     # Items of a feed marked `drafts = true` wait for an editor before any digest selects them.
     db.execute("ALTER TABLE summaries ADD COLUMN draft INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m011_consent_records(db: Database) -> None:
+    # How and when each person agreed to receive the digest, one row per act of consent, for every path
+    # (the sign-up form, an import, the CLI, an editor). Erasing the person erases these rows with them.
+    db.execute("""
+        CREATE TABLE consent_records (
+            id INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
+            method TEXT NOT NULL,  -- form, import, cli, editor (store/consent.py checks; a new path adds a word)
+            basis TEXT NOT NULL,
+            wording_version TEXT,
+            recorded_at TEXT NOT NULL,
+            opted_in_at TEXT,
+            ip TEXT
+        )""")
+    db.execute("CREATE INDEX consent_records_subscriber ON consent_records (subscriber_id)")
