@@ -24,7 +24,7 @@ LAYERS = [
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
     {"digest"},
-    {"lifecycle", "preview"},
+    {"lifecycle", "preview", "welcome"},
     {"bootstrap", "bench"},
     {"cli", "web", "__main__"},
 ]

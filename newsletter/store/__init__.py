@@ -13,16 +13,19 @@ from .events import Events
 from .issues import TRANSITIONS, Issues, may_send
 from .ledger import Ledger
 from .migrations import migrations
+from .reading import Reading
 from .signups import NOT_BY_LINK, Signups
 from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 from .throttles import Attempt, Limit, Throttles
+from .welcomes import Welcomes
 
 
-class Store(Summaries, Subscribers, Signups, Issues, Ledger, Events, Throttles, EditorSessions, Tables):
+class Store(Summaries, Subscribers, Signups, Issues, Ledger, Events, Throttles, EditorSessions, Reading, Welcomes,
+            Tables):
     """All table groups on one connection (a transaction may span groups)."""
 
 
 __all__ = ["NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS", "Attempt", "EditorSessions", "Events", "ImportCounts",
-           "Issues", "Ledger", "Limit", "Signups", "Store", "Subscribers", "Summaries", "Tables", "Throttles",
-           "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]
+           "Issues", "Ledger", "Limit", "Reading", "Signups", "Store", "Subscribers", "Summaries", "Tables", "Throttles",
+           "Welcomes", "content_hash", "decode_topics", "email_hash", "may_send", "migrations", "now_iso"]

@@ -173,3 +173,10 @@ def m006_throttles_and_editor_sessions(db: Database) -> None:
             expires_at REAL NOT NULL
         )""")
     db.execute("CREATE INDEX editor_sessions_editor ON editor_sessions (editor)")
+
+
+@migrations()
+def m013_welcome_issues(db: Database) -> None:
+    # A welcome is a delivery like any other: a row in the ledger against an issue of its own kind, one per
+    # (segment, cadence), so the digest's lists, sends and retries can leave those issues out.
+    db.execute("ALTER TABLE issues ADD COLUMN kind TEXT NOT NULL DEFAULT 'digest'")
