@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need: Debian's chromium, a virtualenv with the
-# package and its test extras, and the Node tools (Prism, doiuse-email).
+# package and its test extras, and the Node tools (Prism, doiuse-email, axe-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
