@@ -23,13 +23,12 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import jinja2
 import mjml
 
 from .dispatch import Dispatcher
 from .messengers import messenger_from_config
 from .model import (GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, FatalSendError, Messenger, Outcome,
-                    Rendered, defuse)
+                    Rendered)
 from .render import RenderError, Renderer, date_label
 from .render.content import plain_text
 from .render.footer import check_footer
@@ -67,23 +66,22 @@ def latest_issue_link(store: Any, site_url: str, segment: str, cadence: str) -> 
 def render_welcome(renderer: Renderer, *, issue_id: int, segment: Segment, cadence: str, topics: list[str],
                    next_send: date, latest: dict[str, str] | None) -> Rendered:
     """The welcome as a Rendered variant: the tokens and greeting left as placeholders for the envelope."""
-    site = renderer.site_url
+    if not renderer.postal_address.strip():
+        raise RenderError("postal_address: required in every footer (CAN-SPAM)")
+    site, due = renderer.site_url, next_send_label(next_send)
     subject = f"Welcome to {renderer.site_name}"
     context = {
         "lang": renderer.lang, "site_name": renderer.site_name, "segment": segment, "cadence": cadence,
-        "topics": [plain_text(t) for t in topics], "schedule": SCHEDULES[cadence], "next_send": next_send_label(next_send),
-        "latest": latest and {"url": latest["url"], "label": defuse(latest["label"])},
-        "archive_index_url": f"{site}/archive", "subject": subject,
-        "preheader": f"Your first {cadence} digest is due on {next_send_label(next_send)}.",
+        "topics": [plain_text(t) for t in topics], "schedule": SCHEDULES[cadence], "next_send": due,
+        "latest": latest, "archive_index_url": f"{site}/archive", "subject": subject,
+        "preheader": f"Your first {cadence} digest is due on {due}.",
         "disclaimer": renderer.disclaimer(), "postal_address": renderer.postal_address,
         "unsubscribe_url": f"{site}/u/{UNSUB_TOKEN}", "preferences_url": f"{site}/p/{PREFS_TOKEN}",
         "greeting_html": GREETING_HTML, "greeting_text": GREETING_TEXT,
     }
-    if not renderer.postal_address.strip():
-        raise RenderError("postal_address: required in every footer (CAN-SPAM)")
-    text = _template(renderer, "welcome.txt", context)
+    text = renderer.template("welcome.txt", context)
     try:
-        html = mjml.mjml2html(_template(renderer, "welcome.mjml", context), disable_comments=True, fonts={})
+        html = mjml.mjml2html(renderer.template("welcome.mjml", context), disable_comments=True, fonts={})
     except ValueError as exc:
         raise RenderError(f"welcome.mjml: MJML did not compile: {exc}") from None
     check_footer(html, text, context, [], renderer.postal_address)
@@ -93,16 +91,6 @@ def render_welcome(renderer: Renderer, *, issue_id: int, segment: Segment, caden
 
 def next_send_label(day: date) -> str:
     return f"{day:%A} {date_label(day.isoformat())}"
-
-
-def _template(renderer: Renderer, name: str, context: dict[str, Any]) -> str:
-    """A site's broken override is a one-line error naming it."""
-    try:
-        return renderer.env.get_template(name).render(context)
-    except jinja2.TemplateSyntaxError as exc:
-        raise RenderError(f"{exc.filename or name}: line {exc.lineno}: {exc.message}") from None
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"{name}: {exc}") from None
 
 
 def send_welcome(ctx: Any, subscriber_id: int, *, tokens: Tokens | None = None, messenger: Messenger | None = None,

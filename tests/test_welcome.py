@@ -8,6 +8,7 @@ import threading
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+import lxml.html
 import pytest
 import time_machine
 from hypothesis import given, strategies as st
@@ -280,9 +281,11 @@ def test_topics_reach_the_welcome_as_text_never_as_markup_or_placeholders(site, 
                               cadence="weekly", topics=topics, next_send=date(2026, 12, 7), latest=None)
     html, text = rendered.personalise(recipient_values("UTOK", "PTOK", "Ana <b>"))
     assert "<script>" not in html
-    for topic in topics:
-        shown = topic.replace("-nl-", "-n\u200cl-")
-        assert shown in text
-        assert shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in html.replace(
-            "&#34;", '"').replace("&#39;", "'").replace("&quot;", '"')
+    # Only the footer's own links are filled, whatever a topic spells.
+    assert (text.count("UTOK"), text.count("PTOK")) == (1, 1)
+    assert (html.count("UTOK"), html.count("PTOK")) == (1, 1)
     assert "https://digest.example.org/u/UTOK" in html and "Hello Ana &lt;b&gt;," in html
+    seen_text = text.replace("\u200c", "")
+    seen_html = lxml.html.document_fromstring(html).text_content().replace("\u200c", "")
+    for topic in topics:
+        assert topic in seen_text and topic in seen_html

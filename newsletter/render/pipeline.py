@@ -157,6 +157,10 @@ class Renderer:
         except jinja2.TemplateError as exc:
             raise RenderError(f"{name}: {exc}") from None
 
+    def template(self, name: str, context: Mapping[str, Any]) -> str:
+        """One of the site's templates rendered, errors as above (the welcome email renders through it)."""
+        return self._template(name, context)
+
     def _compile_html(self, context: Mapping[str, Any]) -> str:
         started = time.perf_counter()
         source = self._template("base.mjml", context)
