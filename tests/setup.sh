@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need: Debian's chromium, postfix and dovecot (the
 # tests run private instances on loopback), a virtualenv with the package and its
-# test extras, and the Node tools (Prism, doiuse-email).
+# test extras, and the Node tools (Prism, doiuse-email, axe-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

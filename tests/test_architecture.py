@@ -24,7 +24,7 @@ LAYERS = [
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
     {"digest"},
-    {"lifecycle", "preview", "pull", "report"},
+    {"lifecycle", "preview", "pull", "report", "welcome"},
     {"bootstrap", "bench"},
     {"cli", "web", "__main__"},
 ]

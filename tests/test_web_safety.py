@@ -45,7 +45,7 @@ def valid_arguments(ctx) -> dict[str, str]:
     ctx.store.set_issue_status(2, "sent")
     return {"confirm_token": t.sign("confirm", pending["id"]), "preferences_token": t.sign("preferences", active["id"]),
             "unsubscribe_token": t.sign("unsubscribe", active["id"]), "issue_id": "2", "variant": "all",
-            "filename": "site.css"}
+            "filename": "site.css", "slug": ctx.store.summaries()[0]["slug"]}
 
 
 ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -80,6 +80,8 @@ def test_every_route_answers_head_options_and_get_without_changing_any_table(app
     assert ("/", "anonymous", 200) in walked
     assert ("/confirm/<confirm_token>", "anonymous", 200) in walked
     assert ("/editor/issues/<int:issue_id>", "editor", 200) in walked  # the editor's walk was logged in
+    for reading in ("/summaries/<slug>", "/archive", "/archive.atom"):
+        assert (reading, "anonymous", 200) in walked, reading
     assert editor.get("/editor/").status_code == 200
 
 

@@ -115,7 +115,7 @@ class Renderer:
         self.stats.seconds["cards"] += time.perf_counter() - started
         count = len(cards)
         subject, preheader = subject_and_preheader(cards, segment, test)
-        markers = {key: "nlm" + secrets.token_hex(16) for key in PLACEHOLDERS}
+        markers = fresh_markers()
         context = {
             "lang": self.lang, "site_name": self.site_name, "segment": segment, "cadence": cadence,
             "period_label": period_label, "heading": f"{cadence.capitalize()} research digest",
@@ -130,7 +130,7 @@ class Renderer:
         full = min(max(self.max_summaries, 0), count)
         while True:
             parts = {**context, "cards": cards[:full], "more": cards[full:]}
-            html = _finish(neutralise_html, self._compile_html(parts), markers)
+            html = finish(neutralise_html, self._compile_html(parts), markers)
             size = self.budget_size(html)
             if size <= self.max_html_bytes:
                 break
@@ -141,7 +141,7 @@ class Renderer:
             self.stats.counts["size_retry"] += 1
             full = max(0, min(full - 1, int(full * self.max_html_bytes / size) - 1))
         started = time.perf_counter()
-        text = _finish(neutralise_text, self._template("digest.txt", parts), markers)
+        text = finish(neutralise_text, self._template("digest.txt", parts), markers)
         self.stats.seconds["text"] += time.perf_counter() - started
         started = time.perf_counter()
         finished = {**context, "unsubscribe_url": f"{self.site_url}/u/{UNSUB_TOKEN}",
@@ -168,6 +168,10 @@ class Renderer:
         except jinja2.TemplateError as exc:
             raise RenderError(f"{name}: {exc}") from None
 
+    def template(self, name: str, context: Mapping[str, Any]) -> str:
+        """One of the site's templates rendered, errors as above (the welcome email renders through it)."""
+        return self._template(name, context)
+
     def _compile_html(self, context: Mapping[str, Any]) -> str:
         started = time.perf_counter()
         source = self._template("base.mjml", context)
@@ -188,7 +192,12 @@ class Renderer:
         return inlined
 
 
-def _finish(neutralise: Callable[[str], str], content: str, markers: Mapping[str, str]) -> str:
+def fresh_markers() -> dict[str, str]:
+    """This render's stand-ins for the placeholders: made after the content exists, so it cannot spell them."""
+    return {key: "nlm" + secrets.token_hex(16) for key in PLACEHOLDERS}
+
+
+def finish(neutralise: Callable[[str], str], content: str, markers: Mapping[str, str]) -> str:
     """Neutralise what content spelled, then turn this render's markers into the placeholders."""
     content = neutralise(content)
     for key, marker in markers.items():

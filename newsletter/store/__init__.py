@@ -16,11 +16,13 @@ from .feeds import NOTICE_AFTER, Feeds
 from .issues import TRANSITIONS, Issues, may_send, reading_hold
 from .ledger import Ledger
 from .migrations import migrations
+from .reading import Reading
 from .reports import Reports
 from .signups import NOT_BY_LINK, Signups
 from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 from .throttles import Attempt, Limit, Throttles
+from .welcomes import Welcomes
 
 
 class Store(
@@ -36,6 +38,8 @@ class Store(
     Reports,
     Throttles,
     EditorSessions,
+    Reading,
+    Welcomes,
     Tables,
 ):
     """All table groups on one connection (a transaction may span groups)."""
@@ -44,6 +48,7 @@ class Store(
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "Bounces", "Consent", "DatabaseError", "EditorSessions", "Events", "Feeds", "ImportCounts", "Issues",
-    "Ledger", "Limit", "Reports", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles",
+    "Ledger", "Limit", "Reading", "Reports", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables",
+    "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "now_iso", "reading_hold",
 ]

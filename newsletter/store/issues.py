@@ -1,4 +1,6 @@
-"""Issues and their lifecycle, written down in one place: draft -> approved -> sending -> sent, or cancelled."""
+"""Issues and their lifecycle, written down in one place: draft -> approved -> sending -> sent, or cancelled.
+
+Only digests (kind 'digest') are listed, looked up and sent here; welcome issues (store/welcomes.py) are not."""
 
 from __future__ import annotations
 
@@ -49,13 +51,13 @@ class Issues(Tables):
         return issue_id, True
 
     def get_issue(self, issue_id: int) -> dict[str, Any] | None:
-        rows = self.query("SELECT * FROM issues WHERE id = ?", (issue_id,))
+        rows = self.query("SELECT * FROM issues WHERE id = ? AND kind = 'digest'", (issue_id,))
         return rows[0] if rows else None
 
     def issues(self, status: str | None = None) -> list[dict[str, Any]]:
         if status:
-            return self.query("SELECT * FROM issues WHERE status = ? ORDER BY id", (status,))
-        return self.query("SELECT * FROM issues ORDER BY id")
+            return self.query("SELECT * FROM issues WHERE status = ? AND kind = 'digest' ORDER BY id", (status,))
+        return self.query("SELECT * FROM issues WHERE kind = 'digest' ORDER BY id")
 
     def issue_summaries(self, issue_id: int) -> list[dict[str, Any]]:
         rows = self.query("""SELECT s.*, (s.revision > 1) AS is_update FROM issue_summaries x
@@ -101,9 +103,9 @@ class Issues(Tables):
 
     def issues_to_send(self, retry: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Approved and interrupted issues, plus sent ones holding deliveries in a `retry` status."""
-        rows = self.query("SELECT * FROM issues WHERE status IN ('approved', 'sending') ORDER BY id")
+        rows = self.query("SELECT * FROM issues WHERE status IN ('approved', 'sending') AND kind = 'digest' ORDER BY id")
         if retry:
-            rows += self.query(f"""SELECT * FROM issues WHERE status = 'sent' AND id IN
+            rows += self.query(f"""SELECT * FROM issues WHERE status = 'sent' AND kind = 'digest' AND id IN
                                    (SELECT issue_id FROM deliveries WHERE status IN ({', '.join('?' * len(retry))}))
                                    ORDER BY id""", list(retry))
         return rows
@@ -111,5 +113,6 @@ class Issues(Tables):
     def latest_issues(self) -> list[dict[str, Any]]:
         """The newest issue of each segment and cadence."""
         return self.query("""SELECT i.* FROM issues i
-                             WHERE i.id = (SELECT MAX(id) FROM issues WHERE segment = i.segment AND cadence = i.cadence)
+                             WHERE i.id = (SELECT MAX(id) FROM issues WHERE segment = i.segment AND cadence = i.cadence
+                                           AND kind = 'digest')
                              ORDER BY i.segment, i.cadence""")

@@ -275,3 +275,10 @@ def m011_consent_records(db: Database) -> None:
             ip TEXT
         )""")
     db.execute("CREATE INDEX consent_records_subscriber ON consent_records (subscriber_id)")
+
+
+@migrations()
+def m013_welcome_issues(db: Database) -> None:
+    # A welcome is a delivery like any other: a row in the ledger against an issue of its own kind, one per
+    # (segment, cadence), so the digest's lists, sends and retries can leave those issues out.
+    db.execute("ALTER TABLE issues ADD COLUMN kind TEXT NOT NULL DEFAULT 'digest'")

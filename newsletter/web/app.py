@@ -30,6 +30,7 @@ from ..settings import Config, load_config
 from ..tokens import Tokens
 from .editors import bp as editors_bp
 from .public import bp as public_bp
+from .reading import bp as reading_bp
 from .limits import Limiter
 from .security import csrf_token, current_editor, protect_csrf
 from .state import PAGE_CSP, WebState
@@ -90,6 +91,7 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
     app.extensions["newsletter"] = state
 
     app.register_blueprint(public_bp)
+    app.register_blueprint(reading_bp)
     app.register_blueprint(editors_bp)
     app.register_blueprint(webhooks_bp)
     app.before_request(protect_csrf)

@@ -20,6 +20,7 @@ from ..segments import CADENCES
 from ..sources.subscribers import SubscriberError, normalise_email
 from ..store import NOT_BY_LINK, now_iso
 from ..tokens import TokenError
+from ..welcome import send_welcome
 from . import mailer
 from .limits import SIGNUP_ADDRESS, SIGNUP_MAILBOX, SIGNUP_NETWORK
 from .rendering import ARCHIVE_TOKEN, ARCHIVE_VALUES, topics_for_variant
@@ -184,8 +185,14 @@ def confirm(confirm_token: str) -> Any:
     subscriber = subscriber_for("confirm", confirm_token)
     store = get_ctx().store
     # An old link never brings back an address that bounced or reported spam; an unsubscribed person's may.
-    if subscriber["status"] not in NOT_BY_LINK and (subscriber["status"] == "active"
-                                                    or store.confirm_subscriber(subscriber["id"])):
+    if subscriber["status"] == "active":
+        return confirm_view(subscriber, just_confirmed=True)
+    if subscriber["status"] not in NOT_BY_LINK and store.confirm_subscriber(subscriber["id"]):
+        # Only the request whose UPDATE activated the address gets here; the welcome itself is planned at
+        # most once per person (newsletter/welcome.py), so a repeated confirm never sends a second one.
+        outcome = send_welcome(get_ctx(), subscriber["id"], tokens=web_state().tokens)
+        if outcome is not None and outcome.status != "sent":
+            log.error("welcome email %s: %s", outcome.status, outcome.error)
         return confirm_view({**subscriber, "status": "active"}, just_confirmed=True)
     return confirm_view(store.get_subscriber(id=subscriber["id"]) or subscriber)
 
