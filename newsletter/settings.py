@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .roles import entry_problem
+
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message names the file and the setting."""
@@ -64,7 +66,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sendgrid_asm_group_id", 0, "SendGrid unsubscribe group id (0 = none).", int),
     Setting("sendgrid_max_attempts", 5, "Attempts per SendGrid request on 429, 5xx and refused connections.", int),
     Setting("webhook_public_key", "", "SendGrid Event Webhook verification key (base64 ECDSA public key)."),
-    Setting("editors", {}, "Editor logins as a table: name = password hash (set with `newsletter editors add`).", dict),
+    Setting("editors", {}, "Editor logins as a table: name = {hash, role} (set with `newsletter editors add`; a bare "
+            "hash is read as role admin).", dict),
+    Setting("require_2fa_for_admins", False, "Admins must log in with a second factor (TOTP); an admin without one "
+            "can only enrol until they do.", bool),
 )
 
 #: Environment variables that carry secrets; a config file naming them is refused.
@@ -86,8 +91,12 @@ def _convert(setting: Setting, value: Any, where: str) -> Any:
                 return text in TRUE
             raise ValueError
         if setting.kind is dict:
-            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            if not isinstance(value, dict):
                 raise ValueError
+            for key, entry in value.items():
+                problem = entry_problem(entry)
+                if problem:
+                    raise ConfigError(f"{where}: {setting.name}: {key}: {problem}")
             return dict(value)
         if setting.kind in (int, float) and isinstance(value, bool):
             raise ValueError
@@ -228,7 +237,8 @@ def render_config_file(overrides: Mapping[str, Any] | None = None) -> str:
         prefix = "" if s.name in overrides else "# "
         lines.append(f"{prefix}{s.name} = {rendered}")
         lines.append("")
-    lines += ["# Editor logins (name = password hash), written by `newsletter editors add NAME`.", "[editors]", ""]
+    lines += ["# Editor logins (name = {hash, role}), written by `newsletter editors add NAME --role ROLE`.",
+              "[editors]", ""]
     return "\n".join(lines)
 
 

@@ -19,12 +19,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 
 #: Lowest first. A module may import its own layer or lower ones, never a higher one.
 LAYERS = [
-    {"model", "settings", "segments", "tokens", "progress", "config_edit"},
+    {"model", "roles", "settings", "segments", "tokens", "progress", "config_edit"},
     {"store", "sources", "select"},
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
     {"digest"},
-    {"lifecycle", "preview"},
+    {"lifecycle", "preview", "twofactor"},
     {"bootstrap", "bench"},
     {"cli", "web", "__main__"},
 ]

@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from . import bench, digest, issues, preview, setup, subscribers, summaries, web
+from . import audit, bench, digest, issues, preview, setup, subscribers, summaries, web
 from .common import LazyContext
 
 
@@ -37,7 +37,8 @@ def cli(click_ctx: click.Context, config_path: str | None, verbose: bool) -> Non
 
 
 for command in (setup.init, setup.demo, setup.settings, summaries.summaries, subscribers.subscribers,
-                digest.digest, digest.status, issues.issues, preview.preview, bench.bench, web.serve, web.editors):
+                digest.digest, digest.status, issues.issues, preview.preview, bench.bench, web.serve, web.editors,
+                audit.audit):
     cli.add_command(command)
 
 __all__ = ["cli"]
