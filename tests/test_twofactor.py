@@ -52,7 +52,7 @@ def enrol(client, app_clock, drafts) -> tuple[str, list[str]]:
 
 
 def log_out(client) -> None:
-    client.post("/editor/logout", data={"csrf_token": form_token(client, "/editor/account")})
+    client.post("/editor/logout", data={"csrf_token": form_token(client, "/")})
 
 
 def code_step(client, code: str):
