@@ -33,15 +33,16 @@ class AuditLog(Tables):
     def audit_entries(self, actor: str | None = None, action: str | None = None, target: str | None = None,
                       since: str | None = None, before_id: int | None = None,
                       limit: int | None = 50) -> list[dict[str, Any]]:
-        """Newest first; `action` ending in "." matches every action of that group ("subscriber.");
+        """Newest first; `action` ending in "." matches that action and its group ("login." finds login and
+        login.failed);
         `since` is an ISO date or date-time (UTC); `before_id` pages on."""
         group = action if action and action.endswith(".") else None
         where, params = conditions(("actor = ?", actor), ("action = ?", None if group else action),
                                    ("target = ?", target),
                                    ("at >= ?", since), ("id < ?", before_id))
         if group:
-            where += " AND action >= ? AND action < ?"
-            params += [group, group[:-1] + "/"]  # "/" sorts right after "."
+            where += " AND (action = ? OR (action >= ? AND action < ?))"
+            params += [group[:-1], group, group[:-1] + "/"]  # "/" sorts right after "."
         sql = f"SELECT * FROM audit_log WHERE 1=1{where} ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from .audit import AuditLog
 from .connection import conditions, decode_topics, now_iso
-from .subscribers import AUDIENCE_CHANGED, Subscribers
+from .subscribers import AUDIENCE_CHANGED, Subscribers, email_hash
 
 #: Characters below which a search is a prefix search (a trigram needs three).
 TRIGRAM = 3
@@ -153,8 +153,9 @@ class Directory(Subscribers, AuditLog):
                 raise Refused(f"subscriber {subscriber_id}: is {old['status']} already")
             conn.execute("UPDATE subscribers SET status = 'unsubscribed', updated_at = ?, unsubscribed_at = ? "
                          "WHERE id = ?", (now, now, subscriber_id))
-            conn.execute("""INSERT OR REPLACE INTO manual_suppressions (subscriber_id, reason, editor, unsubscribed_at,
-                            created_at) VALUES (?, ?, ?, ?, ?)""", (subscriber_id, reason, actor, now, now))
+            # after the UPDATE, whose trigger forgets an older row
+            conn.execute("""INSERT OR REPLACE INTO manual_suppressions (subscriber_id, reason, editor, created_at)
+                            VALUES (?, ?, ?, ?)""", (subscriber_id, reason, actor, now))
             self._audit(conn, actor, "subscriber.suppress", subscriber_id,
                         {"status": [old["status"], "unsubscribed"], "reason": reason})
 
@@ -171,14 +172,14 @@ class Directory(Subscribers, AuditLog):
                 raise Refused("the reader reported the digest as spam: no editor can lift that")
             if status == "bounced" and not bounce_confirmed:
                 raise Refused("the address bounced: tick the box to confirm it works again")
-            if status == "unsubscribed" and (manual is None or manual["unsubscribed_at"] != old["unsubscribed_at"]):
+            if status == "unsubscribed" and manual is None:
                 raise Refused("the reader unsubscribed themselves: only their own confirmation brings them back")
             if status not in ("unsubscribed", "bounced"):
                 raise Refused(f"subscriber {subscriber_id}: is {status}; there is nothing to lift")
             new = "active" if old["confirmed_at"] else "pending"
             conn.execute("UPDATE subscribers SET status = ?, updated_at = ?, unsubscribed_at = NULL WHERE id = ?",
-                         (new, now, subscriber_id))
-            conn.execute("DELETE FROM manual_suppressions WHERE subscriber_id = ?", (subscriber_id,))
+                         (new, now, subscriber_id))  # its trigger forgets the manual suppression
+            conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(old["email"]),))
             self._audit(conn, actor, "subscriber.lift", subscriber_id, {"status": [status, new]})
         return new
 

@@ -209,16 +209,17 @@ def m012_audit_log_and_editor_roles(db: Database) -> None:
         )""")
     # Whether a session passed the second factor (require_2fa_for_admins lets the others only enrol).
     db.execute("ALTER TABLE editor_sessions ADD COLUMN second_factor INTEGER NOT NULL DEFAULT 0")
-    # Suppressions an editor made, so only those can be lifted (never the reader's own unsubscribe):
-    # `unsubscribed_at` is the subscriber's stamp then; a later unsubscribe of their own changes it.
+    # Suppressions an editor made, so only those can be lifted (never the reader's own unsubscribe): any later
+    # change of status (their own unsubscribe link, an import, a provider event) forgets the row.
     db.execute("""
         CREATE TABLE manual_suppressions (
             subscriber_id INTEGER PRIMARY KEY,
             reason TEXT NOT NULL,
             editor TEXT NOT NULL,
-            unsubscribed_at TEXT,
             created_at TEXT NOT NULL
         )""")
+    db.execute("""CREATE TRIGGER manual_suppressions_forget AFTER UPDATE OF status, unsubscribed_at ON subscribers
+                  BEGIN DELETE FROM manual_suppressions WHERE subscriber_id = new.id; END""")
     # Substring search of addresses for the editors' subscriber list (store/directory.py says why trigrams).
     # A migration that rebuilds the subscribers table must create these triggers again.
     db.execute("""CREATE VIRTUAL TABLE subscriber_search USING fts5(email, content='subscribers', content_rowid='id',
