@@ -25,7 +25,7 @@ LAYERS = [
     {"dispatch", "feedback"},
     {"digest"},
     {"lifecycle", "preview", "twofactor"},
-    {"bootstrap", "bench"},
+    {"bootstrap", "bench", "bench_search"},
     {"cli", "web", "__main__"},
 ]
 NETWORK = ("smtplib", "mailbox", "imaplib", "poplib", "socket", "http.client", "http.server", "urllib.request",

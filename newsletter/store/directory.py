@@ -99,6 +99,12 @@ class Directory(Subscribers, AuditLog):
                 return
             after = rows[-1]["id"]
 
+    def table_bytes(self, prefix: str) -> int:
+        """Bytes on disk of the tables and indexes whose name starts with `prefix` (the benchmark reports the
+        search index's size)."""
+        return self.query("SELECT COALESCE(SUM(pgsize), 0) AS n FROM dbstat WHERE name >= ? AND name < ?",
+                          (prefix, next_string(prefix) or prefix + "\U0010ffff"))[0]["n"]
+
     def consent_records(self, subscriber_id: int, email: str) -> list[dict[str, Any]]:
         """Rows of the `consents` table about this subscriber, read defensively: [] while that table does not
         exist (another module adds it), by subscriber_id or else by email, whichever column it has."""
