@@ -4,17 +4,12 @@ each new page (no serious or critical violation), with the same checks as tests/
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 from werkzeug.security import generate_password_hash
-from werkzeug.serving import make_server
 
-from newsletter.digest import DigestRunner
-from newsletter.web import create_app
-from tests.conftest import SAMPLE_NOW, load_samples
-from tests.test_web_browser import DESKTOP, PHONE, PASSWORD, Live, audit
+from tests.test_web_browser import DESKTOP, PASSWORD, PHONE, audit, serving
 
 pytestmark = pytest.mark.browser
 
@@ -41,23 +36,8 @@ def axe_check(page) -> None:
 @pytest.fixture
 def staff(make_site):
     """The app on a loopback port with an admin (alice) and an author (ann), drafts waiting for approval."""
-    ctx = make_site("staff", require_approval="yes")
-    load_samples(ctx)
-    DigestRunner(ctx.config, ctx.store, ctx.segments).run("weekly", SAMPLE_NOW, send=False)
-    holder = {}
-    server = make_server("127.0.0.1", 0, lambda environ, start: holder["app"](environ, start), threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    holder["app"] = create_app(ctx.config, site_url=base,
-                               editors={"alice": {"hash": HASH, "role": "admin"}, "ann": {"hash": HASH,
-                                                                                          "role": "author"}})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Live(ctx, base)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving(make_site, {"alice": {"hash": HASH, "role": "admin"}, "ann": {"hash": HASH, "role": "author"}}) as live:
+        yield live
 
 
 def log_in(page, live, name: str) -> None:

@@ -50,10 +50,14 @@ def index() -> Any:
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     next_args = {k: v for k, v in filters.items() if v}
-    return render_template("editor/subscribers.html", rows=rows, filters=filters, after=after,
+    segments = web_state().segments
+    choices = [("status", "Status", [(s, s) for s in SUBSCRIBER_STATUSES]),
+               ("segment", "Segment", [(s.name, s.display_name) for s in segments.values()]),
+               ("cadence", "Cadence", [(c, c) for c in CADENCES]),
+               ("topic", "Topic", [(t, t) for t in known_topics()])]
+    return render_template("editor/subscribers.html", rows=rows, filters=filters, choices=choices, segments=segments,
                            next_url=url_for("people.index", **next_args, after=rows[-1]["id"]) if more else None,
-                           first_url=url_for("people.index", **next_args) if after else None,
-                           segments=web_state().segments, statuses=SUBSCRIBER_STATUSES, topics=known_topics())
+                           first_url=url_for("people.index", **next_args) if after else None)
 
 
 def _csv_chunks(rows: Iterator[dict[str, Any]], size: int = 1000) -> Iterator[str]:
