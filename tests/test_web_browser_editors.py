@@ -36,7 +36,8 @@ def axe_check(page) -> None:
 @pytest.fixture
 def staff(make_site):
     """The app on a loopback port with an admin (alice) and an author (ann), drafts waiting for approval."""
-    with serving(make_site, {"alice": {"hash": HASH, "role": "admin"}, "ann": {"hash": HASH, "role": "author"}}) as live:
+    editors = {"alice": {"hash": HASH, "role": "admin"}, "ann": {"hash": HASH, "role": "author"}}
+    with serving(make_site, editors) as live:
         yield live
 
 

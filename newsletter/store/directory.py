@@ -59,8 +59,8 @@ def subscriber_target(subscriber_id: int) -> str:
 
 
 class Directory(Subscribers, AuditLog):
-    def __init__(self, path: Any):
-        super().__init__(path)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         # Connect the search table at open: connected lazily, its first use inside a sign-up's INSERT (by the
         # trigger) would re-prepare that statement, so a new address would do visibly more than a known one.
         self.conn.execute("SELECT rowid FROM subscriber_search WHERE rowid = 0").fetchall()

@@ -9,7 +9,8 @@ import logging
 import math
 from typing import Any, Callable
 
-from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, session, url_for
+from flask import (Blueprint, Response, abort, flash, make_response, redirect, render_template, request, session,
+                   url_for)
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import lifecycle, twofactor
@@ -70,7 +71,9 @@ def login_submit() -> Any:
     valid = check_password_hash(account.password_hash if account else _dummy_hash(), password) and account is not None
     if not valid:
         log.warning("login failed: name=%r ip=%s", name, ip)
-        store.record_audit(name, "login.failed", f"editor:{name}", {"network": network_of(ip)})
+        # An unknown name is not kept: people type their password into the name field.
+        who = name if account else "unknown"
+        store.record_audit(who, "login.failed", f"editor:{who}", {"network": network_of(ip)})
         return render_template("editor/login.html", next=next_url, name=name, error="Wrong name or password."), 401
     state.limiter.login_succeeded(store, attempt, name, ip)
     if twofactor.is_on(store, name):
