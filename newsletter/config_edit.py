@@ -1,4 +1,4 @@
-"""Changing one table of newsletter.toml (the editors' password hashes) without touching its other lines.
+"""Changing one table of newsletter.toml (the editors' password hashes and roles) without touching its other lines.
 
 Written by hand because tomllib only reads and the TOML writers re-format the
 whole file, losing the operator's comments; the result is re-parsed before it
@@ -12,7 +12,9 @@ import re
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
+from .roles import ROLES, account
 from .settings import ConfigError
 
 TABLE_RE = re.compile(r"^\s*\[\s*editors\s*\]\s*(#.*)?$")
@@ -34,7 +36,7 @@ def _editors_table(lines: list[str], name: str) -> tuple[int | None, int, int | 
     return start, end, next((i for i in range(start + 1, end) if key_re.match(lines[i])), None)
 
 
-def _write_checked(path: Path, lines: list[str], expected: dict[str, str]) -> None:
+def _write_checked(path: Path, lines: list[str], expected: dict[str, Any]) -> None:
     """Re-parse the new text and write it only if [editors] holds exactly `expected`."""
     new_text = "".join(lines)
     try:
@@ -46,25 +48,54 @@ def _write_checked(path: Path, lines: list[str], expected: dict[str, str]) -> No
     _write_atomically(path, new_text.encode("utf-8"))
 
 
-def _current_editors(path: Path) -> dict[str, str]:
+def _current_editors(path: Path) -> dict[str, Any]:
     try:
         return dict(tomllib.loads(path.read_text(encoding="utf-8")).get("editors", {}))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def set_editor(path: Path, name: str, password_hash: str) -> bool:
-    """Put `name = "hash"` in the [editors] table, changing no other line; returns whether it replaced one."""
-    expected = {**_current_editors(path), name: password_hash}
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_editor(path: Path, name: str, password_hash: str, role: str | None = None) -> tuple[bool, str]:
+    """Put `name = {hash = "...", role = "..."}` in the [editors] table, changing no other line.
+
+    Without `role` an existing editor keeps theirs (admin for the old bare-hash form) and a new one is an
+    author, the least. Returns (whether it replaced a line, the role written)."""
+    current = _current_editors(path)
+    if role is None:
+        role = account(name, current[name]).role if name in current else ROLES[0]
+    if role not in ROLES:
+        raise ConfigError(f"role: must be one of {', '.join(ROLES)}, got {role!r}")
+    entry = {"hash": password_hash, "role": role}
+    return _put_entry(path, name, entry, {**current, name: entry}), role
+
+
+def set_role(path: Path, name: str, role: str) -> str:
+    """Give an existing editor another role, keeping their hash; returns the role they had."""
+    current = _current_editors(path)
+    if name not in current:
+        raise ConfigError(f"{path}: no editor {name!r} under [editors]; nothing was changed")
+    if role not in ROLES:
+        raise ConfigError(f"role: must be one of {', '.join(ROLES)}, got {role!r}")
+    old = account(name, current[name])
+    entry = {"hash": old.password_hash, "role": role}
+    _put_entry(path, name, entry, {**current, name: entry})
+    return old.role
+
+
+def _put_entry(path: Path, name: str, entry: dict[str, str], expected: dict[str, Any]) -> bool:
     lines, newline = _lines(path)
-    entry = f'{name} = "{password_hash}"{newline}'
+    text = f"{name} = {{hash = {_quoted(entry['hash'])}, role = {_quoted(entry['role'])}}}{newline}"
     start, end, existing = _editors_table(lines, name)
     if start is None:
         if lines and not lines[-1].endswith(("\n", "\r")):
             lines[-1] += newline
-        lines += [newline, f"[editors]{newline}", entry]
+        lines += [newline, f"[editors]{newline}", text]
     elif existing is not None:
-        lines[existing] = entry
+        lines[existing] = text
     else:
         # after the table's last entry (before trailing blank lines and comments of the next table)
         at = start + 1
@@ -73,7 +104,7 @@ def set_editor(path: Path, name: str, password_hash: str) -> bool:
                 at = i + 1
         if at > 0 and not lines[at - 1].endswith(("\n", "\r")):
             lines[at - 1] += newline
-        lines.insert(at, entry)
+        lines.insert(at, text)
     _write_checked(path, lines, expected)
     return existing is not None
 

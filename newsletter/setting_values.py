@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .roles import entry_problem
+
 class ConfigError(Exception):
     """A setting is missing or wrong; the message names the file and the setting."""
 
@@ -45,7 +47,7 @@ def _typed(setting: Setting, value: Any) -> Any:
             return text in TRUE
         raise ValueError
     if setting.kind is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        if not isinstance(value, dict):
             raise ValueError
         return dict(value)
     if setting.choices and {"yes", "no"} <= set(setting.choices):
@@ -95,6 +97,11 @@ def convert(setting: Setting, value: Any, where: str) -> Any:
         value = _typed(setting, value)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: {setting.name}: expected {setting.kind.__name__}, got {value!r}") from None
+    if setting.name == "editors":
+        for key, entry in value.items():
+            problem = entry_problem(entry)
+            if problem:
+                raise ConfigError(f"{where}: {setting.name}: {key}: {problem}")
     if setting.kind in (int, float):
         _check_number(setting, value, where)
     if setting.name in URL_SCHEMES:

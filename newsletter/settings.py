@@ -74,7 +74,10 @@ SETTINGS: tuple[Setting, ...] = (
             path=True),
     Setting("webhook_tolerance_seconds", 300, "Signed webhook requests older or newer than this many seconds are refused.",
             int),
-    Setting("editors", {}, "Editor logins as a table: name = password hash (set with `newsletter editors add`).", dict),
+    Setting("editors", {}, "Editor logins as a table: name = {hash, role} (set with `newsletter editors add`; a bare "
+            "hash is read as role admin).", dict),
+    Setting("require_2fa_for_admins", False, "Admins must log in with a second factor (TOTP); an admin without one "
+            "can only enrol until they do.", bool),
 )
 
 #: Environment variables that carry secrets; a config file naming them is refused.
@@ -225,7 +228,8 @@ def render_config_file(overrides: Mapping[str, Any] | None = None) -> str:
               "# One [[feeds]] table per feed; topics are added to every item, drafts = true holds items",
               "# for an editor. Categories become topics only through topics_file.",
               "# [[feeds]]", '# url = "https://example.org/feed/"', '# topics = ["MS"]', "# drafts = false", ""]
-    lines += ["# Editor logins (name = password hash), written by `newsletter editors add NAME`.", "[editors]", ""]
+    lines += ["# Editor logins (name = {hash, role}), written by `newsletter editors add NAME --role ROLE`.",
+              "[editors]", ""]
     return "\n".join(lines)
 
 

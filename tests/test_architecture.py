@@ -19,13 +19,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 
 #: Lowest first. A module may import its own layer or lower ones, never a higher one.
 LAYERS = [
-    {"model", "settings", "segments", "topics", "tokens", "progress", "config_edit", "setting_values", "readability"},
+    {"model", "roles", "settings", "segments", "topics", "tokens", "progress", "config_edit", "setting_values",
+     "readability"},
     {"store", "sources", "select"},
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
     {"digest"},
-    {"lifecycle", "preview", "pull", "report", "welcome"},
-    {"bootstrap", "bench"},
+    {"lifecycle", "preview", "pull", "report", "welcome", "twofactor"},
+    {"bootstrap", "bench", "bench_search"},
     {"cli", "web", "__main__"},
 ]
 NETWORK = ("smtplib", "mailbox", "imaplib", "poplib", "socket", "http.client", "http.server", "urllib.request",

@@ -32,6 +32,7 @@ from newsletter.cli import cli
 from newsletter.digest import DigestRunner
 from newsletter.select import topic_key
 from newsletter.messengers import messenger_from_config
+from newsletter.store import Store
 from newsletter.settings import ConfigError, load_config
 from newsletter.tokens import Tokens
 from newsletter.web import create_app
@@ -1160,8 +1161,8 @@ def test_editors_add_writes_a_hash_under_the_editors_table_and_nothing_else(site
     data = path.read_bytes()
     assert data.startswith(original)
     added = data[len(original):].decode()
-    assert re.fullmatch(r'bob = "(scrypt|pbkdf2)[^"\n]+"\n', added)
-    stored = load_config(path).editors["bob"]
+    assert re.fullmatch(r'bob = \{hash = "(scrypt|pbkdf2)[^"\n]+", role = "author"\}\n', added)
+    stored = load_config(path).editors["bob"]["hash"]
     assert check_password_hash(stored, "a long enough password")
     assert not check_password_hash(stored, "another password")
 
@@ -1175,8 +1176,8 @@ def test_editors_add_writes_a_hash_under_the_editors_table_and_nothing_else(site
     assert path.read_bytes().startswith(original)
     assert [line.split(" = ")[0] for line in lines if line.startswith(("bob", "carol"))] == ["bob", "carol"]
     editors = load_config(path).editors
-    assert check_password_hash(editors["bob"], "bob changed it now")
-    assert check_password_hash(editors["carol"], "carols password!")
+    assert check_password_hash(editors["bob"]["hash"], "bob changed it now")
+    assert check_password_hash(editors["carol"]["hash"], "carols password!")
 
 
 def test_editors_add_asks_again_when_the_two_passwords_differ(site, runner):
@@ -1186,7 +1187,7 @@ def test_editors_add_asks_again_when_the_two_passwords_differ(site, runner):
                                  "third try password\n", catch_exceptions=False)
     assert result.exit_code == 0
     assert "do not match" in result.output
-    assert check_password_hash(load_config(path).editors["dana"], "third try password")
+    assert check_password_hash(load_config(path).editors["dana"]["hash"], "third try password")
 
 
 @pytest.mark.parametrize("name,password,message", [("bad name!", "long enough password", "letters, digits"),
@@ -1203,24 +1204,35 @@ def test_editors_add_keeps_other_tables_and_crlf_line_ends(tmp_path, runner):
     path = tmp_path / "newsletter.toml"
     original = 'site_name = "X"\r\n\r\n[editors]\r\nzed = "pbkdf2:sha256:1$a$b"\r\n\r\n# the end\r\n'
     path.write_bytes(original.encode())
+    Store(tmp_path / "newsletter.db", create=True).close()
     result = runner.invoke(cli, ["--config", str(path), "editors", "add", "amy"],
                            input="amys password!!\namys password!!\n", catch_exceptions=False)
     assert result.exit_code == 0, result.output
     text = path.read_bytes().decode()
-    assert text.startswith('site_name = "X"\r\n\r\n[editors]\r\nzed = "pbkdf2:sha256:1$a$b"\r\namy = "')
-    assert text.endswith('"\r\n\r\n# the end\r\n')
+    assert text.startswith('site_name = "X"\r\n\r\n[editors]\r\nzed = "pbkdf2:sha256:1$a$b"\r\namy = {hash = "')
+    assert text.endswith('", role = "author"}\r\n\r\n# the end\r\n')
     assert set(tomllib.loads(text)["editors"]) == {"zed", "amy"}
 
 
 def test_editors_add_creates_the_table_when_the_file_has_none(tmp_path, runner):
     path = tmp_path / "newsletter.toml"
     path.write_text('site_name = "X"')  # no final newline
+    Store(tmp_path / "newsletter.db", create=True).close()
     result = runner.invoke(cli, ["--config", str(path), "editors", "add", "amy"],
                            input="amys password!!\namys password!!\n", catch_exceptions=False)
     assert result.exit_code == 0, result.output
     text = path.read_text()
-    assert text.startswith('site_name = "X"\n\n[editors]\namy = "')
-    assert check_password_hash(load_config(path).editors["amy"], "amys password!!")
+    assert text.startswith('site_name = "X"\n\n[editors]\namy = {hash = "')
+    assert check_password_hash(load_config(path).editors["amy"]["hash"], "amys password!!")
+
+
+def test_editors_add_refuses_a_site_without_its_database_and_changes_nothing(tmp_path, runner):
+    path = tmp_path / "newsletter.toml"
+    path.write_text('site_name = "X"\n')
+    result = runner.invoke(cli, ["--config", str(path), "editors", "add", "amy"],
+                           input="amys password!!\namys password!!\n")
+    assert result.exit_code == 1 and "newsletter init" in result.output
+    assert path.read_text() == 'site_name = "X"\n' and not (tmp_path / "newsletter.db").exists()
 
 
 def test_editors_add_needs_a_config_file(tmp_path, runner, monkeypatch):

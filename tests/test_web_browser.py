@@ -9,6 +9,7 @@ nothing is fetched from anywhere but the app. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import mailbox
@@ -76,8 +77,8 @@ class Live:
         return self.base + path
 
 
-@pytest.fixture
-def live(make_site):
+@contextlib.contextmanager
+def serving(make_site, editors: dict):
     """The app on a free loopback port, its site_url the real address, drafts waiting for approval."""
     ctx = make_site("live", require_approval="yes")
     load_samples(ctx)
@@ -85,8 +86,7 @@ def live(make_site):
     holder = {}
     server = make_server("127.0.0.1", 0, lambda environ, start: holder["app"](environ, start), threaded=True)
     base = f"http://127.0.0.1:{server.server_port}"
-    holder["app"] = create_app(ctx.config, site_url=base,
-                               editors={EDITOR: generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")})
+    holder["app"] = create_app(ctx.config, site_url=base, editors=editors)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -95,6 +95,12 @@ def live(make_site):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def live(make_site):
+    with serving(make_site, {EDITOR: generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")}) as running:
+        yield running
 
 
 @pytest.fixture

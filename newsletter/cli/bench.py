@@ -20,8 +20,9 @@ import click
 @click.option("--smtp-security", type=click.Choice(["none", "starttls"]), default="none", show_default=True,
               help="TLS for the smtp cases against aiosmtpd (Postfix always takes STARTTLS).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
+@click.option("--search", is_flag=True, help="Measure the editors' subscriber search instead (at each --subscribers).")
 def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str, smtp_security: str,
-          json_out: Path | None) -> None:
+          json_out: Path | None, search: bool) -> None:
     """Measure the whole weekly digest at scale in a scratch database.
 
     Each case (size, messenger) runs in a fresh process: generate subscribers
@@ -31,10 +32,15 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     messenger, the time to JSON-encode the SendGrid request bodies alone (the
     floor). Sinks for sendgrid (HTTP) and smtp run on loopback in their own process.
 
+    With --search, it times the editors' subscriber search instead: the
+    searches an editor types (prefixes, substrings, filters, the next page)
+    over N varied addresses, with the size and insert cost of the search index.
+
     \b
     Examples:
         newsletter bench --subscribers 10000 --subscribers 100000 --messenger counting
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server postfix
+        newsletter bench --search --subscribers 100000
     """
     from rich.console import Console
     from rich.table import Table
@@ -46,6 +52,9 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     if not console.is_terminal:
         console = Console(width=200)  # a log file gets the whole table
     console.print(f"machine: {bench_mod.machine()}")
+    if search:
+        _bench_search(console, sizes, json_out)
+        return
     for n, name in bench_mod.cases(sizes, messengers):
         with console.status(f"{n:,} subscribers, {name}..."):
             results.append(bench_mod.run_isolated(n, name, smtp_server, smtp_security))
@@ -61,3 +70,26 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     if json_out:
         json_out.write_text(json.dumps({"machine": bench_mod.machine(), "results": bench_mod.as_dicts(results)},
                                        indent=2))
+
+
+def _bench_search(console, sizes: tuple[int, ...], json_out: Path | None) -> None:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from .. import bench_search
+
+    report = []
+    for n in sizes:
+        with console.status(f"search at {n:,} subscribers..."):
+            facts, timings = bench_search.run(n)
+        console.print(f"{n:,} subscribers: inserted in {facts['insert_s']:.2f} s; search index {facts['index_mb']:.1f} "
+                      f"MB of a {facts['database_mb']:.1f} MB database")
+        table = Table("search", "results (page of 51)", "median ms", "next page ms")
+        for t in timings:
+            table.add_row(t.label, str(t.results), f"{t.median_ms:.2f}",
+                          "" if t.next_page_ms is None else f"{t.next_page_ms:.2f}")
+        console.print(table)
+        report.append({**facts, "searches": [asdict(t) for t in timings]})
+    if json_out:
+        json_out.write_text(json.dumps({"search": report}, indent=2))

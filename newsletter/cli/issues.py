@@ -11,6 +11,7 @@ from ..context import Context
 from ..digest import DigestRunner
 from ..model import ISSUE_STATUSES
 from ..progress import progress_callbacks
+from .audit import cli_actor
 from .common import handle_errors, pass_ctx
 from .digest import print_report
 
@@ -70,7 +71,9 @@ def _transition_command(name: str, status: str, doc: str) -> click.Command:
     @pass_ctx
     @handle_errors
     def command(ctx: Context, issue_id: int) -> None:
+        before = lifecycle.get_issue(ctx, issue_id)["status"]
         lifecycle.transition(ctx, issue_id, status)
+        ctx.store.record_audit(cli_actor(), f"issue.{name}", f"issue:{issue_id}", {"status": [before, status]})
         click.echo(f"issue {issue_id} {status}")
     return command
 
@@ -127,4 +130,5 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: 
 def issues_test_send(ctx: Context, issue_id: int, address: str) -> None:
     """Send one copy marked [TEST] to an address; never recorded as a delivery."""
     lifecycle.send_test(ctx, issue_id, address)
+    ctx.store.record_audit(cli_actor(), "issue.test-send", f"issue:{issue_id}", {"to": address})
     click.echo(f"test copy of issue {issue_id} sent to {address}")

@@ -7,9 +7,12 @@ share it; migrations are named, recorded and applied on open.
 
 from __future__ import annotations
 
+from .audit import AuditLog
 from .bounces import Bounces
 from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
 from .consent import CONSENT_METHODS, Consent
+from .directory import Directory, Refused, next_string, search_key, subscriber_target
+from .editor_secrets import EditorSecrets
 from .editor_sessions import EditorSessions
 from .events import Events
 from .feeds import NOTICE_AFTER, Feeds
@@ -29,6 +32,7 @@ class Store(
     Feeds,
     Summaries,
     Consent,
+    Directory,
     Subscribers,
     Signups,
     Issues,
@@ -38,6 +42,8 @@ class Store(
     Reports,
     Throttles,
     EditorSessions,
+    EditorSecrets,
+    AuditLog,
     Reading,
     Welcomes,
     Tables,
@@ -47,8 +53,9 @@ class Store(
 
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
-    "Attempt", "Bounces", "Consent", "DatabaseError", "EditorSessions", "Events", "Feeds", "ImportCounts", "Issues",
-    "Ledger", "Limit", "Reading", "Reports", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables",
-    "Throttles", "Welcomes",
-    "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "now_iso", "reading_hold",
+    "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
+    "Events", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Signups",
+    "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
+    "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "next_string", "now_iso",
+    "reading_hold", "search_key", "subscriber_target",
 ]

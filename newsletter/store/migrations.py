@@ -278,6 +278,66 @@ def m011_consent_records(db: Database) -> None:
 
 
 @migrations()
+def m012_audit_log_and_editor_roles(db: Database) -> None:
+    # Who did what and when. `target` names what was acted on ("issue:12", "subscriber:345", "editor:bob"),
+    # never a reader's address; an erasure empties the details of its subscriber's rows.
+    db.execute("""
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '{}'
+        )""")
+    for column in ("actor", "action", "target"):
+        db.execute(f"CREATE INDEX audit_log_{column} ON audit_log ({column}, id)")
+    db.execute("CREATE INDEX audit_log_at ON audit_log (at)")
+    # TOTP secrets, encrypted with a key derived from NEWSLETTER_SECRET; `last_step` makes each code work once.
+    db.execute("""
+        CREATE TABLE editor_secrets (
+            editor TEXT PRIMARY KEY,
+            secret TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            last_step INTEGER NOT NULL DEFAULT 0
+        )""")
+    db.execute("""
+        CREATE TABLE editor_recovery_codes (
+            editor TEXT NOT NULL,
+            code_hash TEXT NOT NULL,
+            used_at TEXT,
+            PRIMARY KEY (editor, code_hash)
+        )""")
+    # Whether a session passed the second factor (require_2fa_for_admins lets the others only enrol).
+    db.execute("ALTER TABLE editor_sessions ADD COLUMN second_factor INTEGER NOT NULL DEFAULT 0")
+    # Suppressions an editor made, so only those can be lifted (never the reader's own unsubscribe): any later
+    # change of status (their own unsubscribe link, an import, a provider event) forgets the row.
+    db.execute("""
+        CREATE TABLE manual_suppressions (
+            subscriber_id INTEGER PRIMARY KEY,
+            reason TEXT NOT NULL,
+            editor TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""")
+    db.execute("""CREATE TRIGGER manual_suppressions_forget AFTER UPDATE OF status, unsubscribed_at ON subscribers
+                  BEGIN DELETE FROM manual_suppressions WHERE subscriber_id = new.id; END""")
+    # Substring search of addresses for the editors' subscriber list (store/directory.py says why trigrams).
+    # A migration that rebuilds the subscribers table must create these triggers again.
+    db.execute("""CREATE VIRTUAL TABLE subscriber_search USING fts5(email, content='subscribers', content_rowid='id',
+                  tokenize='trigram case_sensitive 1')""")
+    db.execute("""CREATE TRIGGER subscriber_search_insert AFTER INSERT ON subscribers BEGIN
+                  INSERT INTO subscriber_search (rowid, email) VALUES (new.id, new.email); END""")
+    db.execute("""CREATE TRIGGER subscriber_search_delete AFTER DELETE ON subscribers BEGIN
+                  INSERT INTO subscriber_search (subscriber_search, rowid, email) VALUES ('delete', old.id, old.email);
+                  END""")
+    db.execute("""CREATE TRIGGER subscriber_search_update AFTER UPDATE OF email ON subscribers BEGIN
+                  INSERT INTO subscriber_search (subscriber_search, rowid, email) VALUES ('delete', old.id, old.email);
+                  INSERT INTO subscriber_search (rowid, email) VALUES (new.id, new.email); END""")
+    db.execute("INSERT INTO subscriber_search (subscriber_search) VALUES ('rebuild')")
+
+
+@migrations()
 def m013_welcome_issues(db: Database) -> None:
     # A welcome is a delivery like any other: a row in the ledger against an issue of its own kind, one per
     # (segment, cadence), so the digest's lists, sends and retries can leave those issues out.

@@ -28,11 +28,14 @@ from ..context import Context
 from ..segments import CADENCES, load_segments
 from ..settings import Config, load_config
 from ..tokens import Tokens
+from .account import bp as account_bp
+from .audit import bp as audit_bp
 from .editors import bp as editors_bp
+from .people import bp as people_bp
 from .public import bp as public_bp
 from .reading import bp as reading_bp
 from .limits import Limiter
-from .security import csrf_token, current_editor, protect_csrf
+from .security import csrf_token, current_account, may, protect_csrf
 from .state import PAGE_CSP, WebState
 from .webhooks import bp as webhooks_bp
 
@@ -93,14 +96,20 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
     app.register_blueprint(public_bp)
     app.register_blueprint(reading_bp)
     app.register_blueprint(editors_bp)
+    app.register_blueprint(account_bp)
+    app.register_blueprint(people_bp)
+    app.register_blueprint(audit_bp)
     app.register_blueprint(webhooks_bp)
     app.before_request(protect_csrf)
     app.jinja_env.globals["csrf_token"] = csrf_token  # imported form macros see globals, not the context
+    app.jinja_env.globals["may"] = may  # what the editor's role lets them do: pages show only that
 
     @app.context_processor
     def page_globals() -> dict[str, Any]:
+        account = current_account()
         return {"site_name": config.site_name, "postal_address": config.postal_address, "lang": config.lang,
-                "editor": current_editor(), "cadences": CADENCES}
+                "editor": account.name if account else None, "editor_role": account.role if account else None,
+                "cadences": CADENCES}
 
     @app.teardown_appcontext
     def close_store(exc: BaseException | None) -> None:

@@ -1,4 +1,6 @@
-"""Editors' pages: log in, list issues, preview an issue at two widths, approve, cancel, send a test."""
+"""Editors' pages: log in, list issues, preview an issue at two widths, approve, cancel, send a test.
+
+Each view names the permission it needs (roles.py); each action and login leaves a row in the audit log."""
 
 from __future__ import annotations
 
@@ -7,17 +9,20 @@ import logging
 import math
 from typing import Any, Callable
 
-from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, url_for
+from flask import (Blueprint, Response, abort, flash, make_response, redirect, render_template, request, session,
+                   url_for)
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .. import lifecycle
+from .. import lifecycle, twofactor
 from ..model import FatalSendError
 from ..preview import PREVIEW_VALUES
 from ..render import RenderError
 from ..select import Period
 from ..settings import ConfigError
 from ..sources.subscribers import SubscriberError, normalise_email
-from .security import current_editor, end_editor_session, login_required, safe_next, start_editor_session
+from .limits import network_of
+from .security import (PENDING_LOGIN_KEY, PENDING_LOGIN_SECONDS, current_editor, editor_accounts, end_editor_session,
+                       password_fingerprint, requires, safe_next, start_editor_session)
 from .state import EMAIL_CSP, get_ctx, web_state
 
 log = logging.getLogger("newsletter.web")
@@ -62,18 +67,30 @@ def login_submit() -> Any:
             error=f"Too many failed attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}."), 429)
         response.headers["Retry-After"] = str(math.ceil(attempt.wait))
         return response
-    stored = state.config.editors.get(name)
-    valid = check_password_hash(stored or _dummy_hash(), password) and stored is not None
+    account = editor_accounts().get(name)
+    valid = check_password_hash(account.password_hash if account else _dummy_hash(), password) and account is not None
     if not valid:
         log.warning("login failed: name=%r ip=%s", name, ip)
+        # An unknown name is not kept: people type their password into the name field.
+        who = name if account else "unknown"
+        store.record_audit(who, "login.failed", f"editor:{who}", {"network": network_of(ip)})
         return render_template("editor/login.html", next=next_url, name=name, error="Wrong name or password."), 401
     state.limiter.login_succeeded(store, attempt, name, ip)
+    if twofactor.is_on(store, name):
+        # The password is right; the session starts once the code is too (account.login_code).
+        session[PENDING_LOGIN_KEY] = {"name": name, "fingerprint": password_fingerprint(account.password_hash),
+                                      "until": state.clock() + PENDING_LOGIN_SECONDS, "next": next_url}
+        return redirect(url_for("account.login_code"), code=303)
     start_editor_session(name)
+    store.record_audit(name, "login", f"editor:{name}", {"network": network_of(ip)})
     return redirect(next_url or url_for("editor.issues"), code=303)
 
 
 @bp.post("/logout")
 def logout() -> Any:
+    name = current_editor()
+    if name:
+        get_ctx().store.record_audit(name, "logout", f"editor:{name}")
     end_editor_session()
     flash("You are logged out.")
     return redirect(url_for("editor.login"), code=303)
@@ -82,7 +99,7 @@ def logout() -> Any:
 # -- issues ----------------------------------------------------------------------
 
 @bp.get("/")
-@login_required
+@requires("preview")
 def issues() -> str:
     store = get_ctx().store
     rows = list(reversed(store.issues()))
@@ -110,7 +127,7 @@ def render_for_preview(issue: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 @bp.get("/issues/<int:issue_id>")
-@login_required
+@requires("preview")
 def issue(issue_id: int) -> str:
     row = load_issue(issue_id)
     store = get_ctx().store
@@ -121,7 +138,8 @@ def issue(issue_id: int) -> str:
                            widths=WIDTHS, summaries=store.issue_summaries(issue_id),
                            counts=store.delivery_counts(issue_id),
                            period_label=Period.from_key(row["period"]).label,
-                           segment=web_state().segments.get(row["segment"]))
+                           segment=web_state().segments.get(row["segment"]),
+                           approval=store.last_audit(f"issue:{issue_id}", "issue.approve"))
 
 
 def preview_parts(issue_id: int) -> tuple[str, str]:
@@ -133,7 +151,7 @@ def preview_parts(issue_id: int) -> tuple[str, str]:
 
 
 @bp.get("/issues/<int:issue_id>/email.html")
-@login_required
+@requires("preview")
 def issue_html(issue_id: int) -> Response:
     response = make_response(preview_parts(issue_id)[0])
     response.headers["Content-Security-Policy"] = EMAIL_CSP
@@ -141,15 +159,15 @@ def issue_html(issue_id: int) -> Response:
 
 
 @bp.get("/issues/<int:issue_id>/email.txt")
-@login_required
+@requires("preview")
 def issue_text(issue_id: int) -> Response:
     return Response(preview_parts(issue_id)[1], mimetype="text/plain")
 
 
 def _act(issue_id: int, action: Callable[[], Any], errors: tuple[type[Exception], ...], failure: str,
-         success: str) -> Any:
-    """An editor's action on an issue: logged, its outcome flashed, then back to the issue page.
-    `failure` has a {} where the reason goes."""
+         success: str, audit: tuple[str, dict[str, Any]]) -> Any:
+    """An editor's action on an issue: logged, its outcome flashed, then back to the issue page; a success is
+    recorded in the audit log as `audit` (action, detail). `failure` has a {} where the reason goes."""
     try:
         action()
     except errors as exc:
@@ -157,30 +175,32 @@ def _act(issue_id: int, action: Callable[[], Any], errors: tuple[type[Exception]
         flash(failure.format(exc), "error")
     else:
         log.info("issue %s: %s (editor %s)", issue_id, success, current_editor())
+        get_ctx().store.record_audit(current_editor() or "?", audit[0], f"issue:{issue_id}", audit[1])
         flash(success)
     return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
 
 
-def _transition(issue_id: int, status: str, done: str) -> Any:
-    load_issue(issue_id)
+def _transition(issue_id: int, status: str, done: str, action: str) -> Any:
+    before = load_issue(issue_id)["status"]
     return _act(issue_id, lambda: lifecycle.transition(get_ctx(), issue_id, status), (lifecycle.LifecycleError,),
-                f"Not {status}: {{}}.", f"Issue {issue_id} is {status}: {done}.")
+                f"Not {status}: {{}}.", f"Issue {issue_id} is {status}: {done}.",
+                (action, {"status": [before, status]}))
 
 
 @bp.post("/issues/<int:issue_id>/approve")
-@login_required
+@requires("approve")
 def approve(issue_id: int) -> Any:
-    return _transition(issue_id, "approved", "the next digest run sends it")
+    return _transition(issue_id, "approved", "the next digest run sends it", "issue.approve")
 
 
 @bp.post("/issues/<int:issue_id>/cancel")
-@login_required
+@requires("cancel")
 def cancel(issue_id: int) -> Any:
-    return _transition(issue_id, "cancelled", "it will not be sent")
+    return _transition(issue_id, "cancelled", "it will not be sent", "issue.cancel")
 
 
 @bp.post("/issues/<int:issue_id>/test")
-@login_required
+@requires("test-send")
 def send_test(issue_id: int) -> Any:
     load_issue(issue_id)
     try:
@@ -189,12 +209,13 @@ def send_test(issue_id: int) -> Any:
         flash("Enter the email address the test should go to.", "error")
         return redirect(url_for("editor.issue", issue_id=issue_id), code=303)
     return _act(issue_id, lambda: lifecycle.send_test(get_ctx(), issue_id, address), TEST_SEND_ERRORS,
-                "The test was not sent: {}", f"A test of issue {issue_id} was sent to {address}.")
+                "The test was not sent: {}", f"A test of issue {issue_id} was sent to {address}.",
+                ("issue.test-send", {"to": address}))
 
 
 # -- summaries -------------------------------------------------------------------
 
 @bp.get("/summaries")
-@login_required
+@requires("summaries")
 def summaries() -> str:
     return render_template("editor/summaries.html", summaries=get_ctx().store.summaries())
