@@ -3,13 +3,16 @@ import, `summaries check`, and the hold on sending when a site enforces the grad
 
 from __future__ import annotations
 
+import html as htmllib
 import json
 
 import pytest
 
+from newsletter.digest import DigestRunner
 from newsletter.readability import flagged, grades, plain_text, sentences, syllables
 from newsletter.store import reading_hold
-from tests.conftest import read_maildir
+from newsletter.web import create_app
+from tests.conftest import SAMPLE_NOW, load_samples, read_maildir
 from tests.test_ingest_subscribers import invoke
 
 # 12 words, 2 sentences, 12 syllables (every word has one):
@@ -139,3 +142,22 @@ def test_without_enforcement_the_same_issue_is_sent(hard_issue, runner):
     run = invoke(runner, ctx, "digest", "run", "--cadence", "weekly", "--now", "2026-11-20T07:00:00")
     assert run.exit_code == 0, run.output
     assert len(read_maildir(ctx.config.outbox)) == 1
+
+
+def test_the_issue_page_shows_each_flagged_lay_field_with_its_grades(make_site):
+    """The editor sees on the issue page what `summaries check` says, per summary of the issue."""
+    from tests.test_web import EDITOR, HASH, login
+
+    ctx = make_site(require_approval="yes", max_reading_grade=8.0)
+    load_samples(ctx)
+    DigestRunner(ctx.config, ctx.store, ctx.segments).run("weekly", SAMPLE_NOW, send=False)
+    issue = ctx.store.issues()[0]
+    expected = [(s["title"], flag) for s in ctx.store.issue_summaries(issue["id"]) for flag in flagged(s, 8.0)]
+    assert expected  # the bundled samples read above grade 8 in places
+    client = create_app(ctx.config, editors={EDITOR: HASH}, TESTING=True).test_client()
+    assert login(client).status_code == 303
+    text = htmllib.unescape(client.get(f"/editor/issues/{issue['id']}").get_data(as_text=True))
+    for _, flag in expected:
+        assert f"Reads above grade 8: {flag.field}, {flag.describe()}" in text
+    assert text.count("Reads above grade 8:") == len(expected)
+    assert "flags are warnings only" in text

@@ -16,6 +16,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from .. import lifecycle, twofactor
 from ..model import FatalSendError
 from ..preview import PREVIEW_VALUES
+from ..readability import flagged
 from ..render import RenderError
 from ..select import Period
 from ..settings import ConfigError
@@ -134,8 +135,12 @@ def issue(issue_id: int) -> str:
     rendered, error = render_for_preview(row)
     html, text = rendered.personalise(PREVIEW_VALUES) if rendered else ("", "")
     size_kb = len(html.encode()) / 1024
+    summaries = store.issue_summaries(issue_id)
+    max_grade = web_state().config.max_reading_grade
+    reading = {s["id"]: flagged(s, max_grade) for s in summaries}
     return render_template("editor/issue.html", issue=row, rendered=rendered, error=error, text=text, size_kb=size_kb,
-                           widths=WIDTHS, summaries=store.issue_summaries(issue_id),
+                           widths=WIDTHS, summaries=summaries, reading=reading, max_grade=max_grade,
+                           enforced=web_state().config.enforce_reading_grade,
                            counts=store.delivery_counts(issue_id),
                            period_label=Period.from_key(row["period"]).label,
                            segment=web_state().segments.get(row["segment"]),
