@@ -1312,3 +1312,20 @@ def test_serve_without_a_secret_fails_with_a_clear_message(drafts, runner, monke
     monkeypatch.delenv("NEWSLETTER_SECRET")
     result = runner.invoke(cli, ["--config", str(drafts.config.source), "serve"])
     assert result.exit_code == 1 and "NEWSLETTER_SECRET" in result.output
+
+
+def test_editors_added_and_removed_by_the_command_count_at_once_in_a_running_app(site, runner):
+    """The app reads [editors] from newsletter.toml when it changes: no restart between `editors add`/`remove`
+    and who may log in."""
+    path = Path(site.config.source)
+    client = create_app(path, TESTING=True).test_client()
+    assert login(client, "gus", "guss password 123").status_code == 401
+    runner.invoke(cli, ["--config", str(path), "editors", "add", "gus"],
+                  input="guss password 123\nguss password 123\n", catch_exceptions=False)
+    assert login(client, "gus", "guss password 123").status_code == 303
+    client.post("/editor/logout", data={"csrf_token": form_token(client, "/editor/")})
+    result = runner.invoke(cli, ["--config", str(path), "editors", "remove", "gus"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert login(client, "gus", "guss password 123").status_code == 401
+    path.write_text(path.read_text() + "\n[editors\n")  # a broken edit: refused, never a 500
+    assert login(client, "gus", "guss password 123").status_code == 401

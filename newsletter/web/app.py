@@ -89,6 +89,7 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
         tokens=Tokens(secret),
         limiter=Limiter.from_config(secret, app.config),
         clock=app.config["CLOCK"],
+        editors_fixed="editors" in settings,
     )
     _load_webhook_key(state)
     app.extensions["newsletter"] = state

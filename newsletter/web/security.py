@@ -73,7 +73,7 @@ def _id_hash(session_id: str) -> str:
 
 
 def editor_accounts() -> dict[str, EditorAccount]:
-    return accounts(web_state().config.editors)
+    return accounts(web_state().editors())
 
 
 def start_editor_session(name: str, second_factor: bool = False) -> None:

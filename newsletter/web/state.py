@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -10,10 +12,12 @@ from flask import current_app, g
 
 from ..context import Context
 from ..segments import Segment
-from ..settings import Config
+from ..settings import Config, ConfigError, load_config
 from ..tokens import Tokens
 from .limits import Limiter
 from .rendering import RenderCache
+
+log = logging.getLogger("newsletter.web")
 
 PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-src 'self'; "
             "frame-ancestors 'self'; base-uri 'none'")
@@ -33,6 +37,28 @@ class WebState:
     renders: RenderCache = field(default_factory=RenderCache)
     webhook_verifier: Any = None
     webhook_key_error: str = ""
+    editors_fixed: bool = False  # the app was given its editors; else they are read from newsletter.toml
+    _editors_seen: tuple[Any, dict[str, Any]] = (None, {})
+
+    def editors(self) -> dict[str, Any]:
+        """The [editors] table as the config file says now, so `editors remove` (or a new password or role)
+        takes effect at the next request without a restart; the file is re-read only when it changed."""
+        source = self.config.source
+        if self.editors_fixed or source is None:
+            return self.config.editors
+        try:
+            stat = os.stat(source)
+        except OSError:
+            return {}  # the file is gone: nobody logs in until it is back
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._editors_seen[0] != stamp:
+            try:
+                editors = load_config(source, env=self.config.env).editors
+            except ConfigError as exc:  # a broken edit: nobody logs in until it is mended, never a 500
+                log.error("editors not read: %s", exc)
+                editors = {}
+            self._editors_seen = (stamp, editors)
+        return self._editors_seen[1]
 
 
 def web_state() -> WebState:
