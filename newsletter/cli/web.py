@@ -98,8 +98,8 @@ def editors_add(ctx: Context, name: str, role: str | None) -> None:
     Asks for the password twice (never on the command line, where shell
     history would keep it) and writes NAME = {hash = "...", role = "..."}
     under [editors] in the config file; every other line of the file stays as
-    it was. A new password ends the editor's open sessions at once. Restart
-    `newsletter serve` afterwards.
+    it was. A new password ends the editor's open sessions at once; a running
+    `newsletter serve` reads the change at its next request.
 
     \b
     Example:
@@ -217,8 +217,8 @@ def editors_2fa(ctx: Context, name: str, qr_path: Path | None, turn_off: bool) -
 def editors_remove(ctx: Context, name: str) -> None:
     """Remove an editor: their line under [editors] goes, their open sessions end at once.
 
-    Every other line of the config file stays as it was. Restart `newsletter
-    serve` afterwards, so the running app forgets the old password too.
+    Every other line of the config file stays as it was; a running `newsletter
+    serve` reads the change at its next request, so the old password stops working at once.
 
     \b
     Example:
