@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,7 +23,7 @@ from .model import Messenger, VariantFor
 from .render import Renderer, issue_variants
 from .segments import Segment
 from .select import local_today, period_for, select_summaries
-from .store import Store, may_send, reading_hold
+from .store import Store, due, may_send, reading_hold
 from .tokens import Tokens
 
 log = logging.getLogger("newsletter.digest")
@@ -123,6 +123,9 @@ class DigestRunner:
             raise LookupError(f"issue {issue_id}: is {issue['status']}; approve it first")
         if held := self.reading_hold(issue):
             raise LookupError(held)
+        if not due(issue, datetime.now(timezone.utc)):
+            raise LookupError(f"issue {issue_id}: scheduled for {issue['send_at']}; to send it now, first "
+                              f"`newsletter issues schedule {issue_id} --clear`")
         return issue
 
     def reading_hold(self, issue: dict[str, Any]) -> str | None:
@@ -141,12 +144,14 @@ class DigestRunner:
         return report
 
     def send(self, issue_ids: list[int] | None, report: RunReport, retry_unknown: bool = False,
-             retry_failed: bool = False, failed_matching: str = "") -> None:
+             retry_failed: bool = False, failed_matching: str = "", now: datetime | None = None) -> None:
         self.config.require_sendable()
         retrying = retry_unknown or retry_failed
         if issue_ids is None:
             issues = self.store.issues_to_send(
                 [status for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)) if wanted])
+            moment = now or datetime.now(timezone.utc)
+            issues = [issue for issue in issues if due(issue, moment, self.config.timezone)]  # the others wait, still approved
         else:
             issues = [self.sendable_issue(i, retrying) for i in issue_ids]
         issues = [issue for issue in issues if may_send(issue, retrying)]
@@ -185,7 +190,7 @@ class DigestRunner:
                 self.build(cadence, now, report, only=segment)
             if send:
                 self.send(None, report, retry_unknown=retry_unknown, retry_failed=retry_failed,
-                          failed_matching=failed_matching)
+                          failed_matching=failed_matching, now=now)
             drafts = [i for i in report.created if i["status"] == "draft"]
             if drafts and self.on_drafts:
                 try:  # after sending: a failed notice must not hold back approved issues

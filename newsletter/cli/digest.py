@@ -95,6 +95,9 @@ def status(ctx: Context) -> None:
         click.echo(f"Partly sent: issue {i['id']} ({i['segment']} {i['cadence']} {i['period']}): {p.counts_text}; "
                    f"{p.resume}")
     for a in st.attention:
+        if a["kind"] == "welcome":  # welcome issues are no digest: `issues show` does not know them
+            click.echo(f"Needs attention: welcome emails: {a['n']} {a['status']} ({a['example']})")
+            continue
         hint = "see `issues show`; resend only with --retry-unknown" if a["status"] == "unknown" else a["example"]
         click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
     for issue_id, n in sorted(st.bounces.items()):
