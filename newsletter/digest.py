@@ -75,7 +75,7 @@ class DigestRunner:
                  renderer: Renderer | None = None, messenger_factory: Callable[[], Messenger] | None = None,
                  tokens: Tokens | None = None, on_progress: Callable[[int], None] | None = None,
                  on_issue: Callable[[int, int], None] | None = None,
-                 on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None):
+                 on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None, actor: str | None = None):
         self.config, self.store, self.segments = config, store, segments
         self.renderer = renderer or Renderer.from_config(config)
         self.messenger_factory = messenger_factory or (lambda: messenger_from_config(config))
@@ -83,6 +83,7 @@ class DigestRunner:
         self.on_progress = on_progress
         self.on_issue = on_issue
         self.on_drafts = on_drafts
+        self.actor = actor  # who the audit log names for each issue sent (None: not recorded)
 
     @property
     def lock_path(self) -> Path:
@@ -170,6 +171,10 @@ class DigestRunner:
                 tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,
                                               retry_failed=retry_failed, failed_matching=failed_matching)
                 report.tally.add(tally)
+                if self.actor:
+                    counts = {k: getattr(tally, k) for k in ("sent", "failed", "unknown", "deferred", "skipped")}
+                    self.store.record_audit(self.actor, "issue.send", f"issue:{issue['id']}",
+                                            {k: n for k, n in counts.items() if n})
                 if tally.stopped:  # the breaker: the other issues go through the same relay
                     break
         finally:

@@ -146,8 +146,9 @@ def test_an_approver_reads_the_reports_page_its_charts_render_without_script(mak
         charts = page.locator("figure.chart img")
         assert charts.count() == 2
         for i in range(2):
-            size = charts.nth(i).evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
-            assert size == [True, 800, 400], size  # the SVG decoded at its own size
+            size = charts.nth(i).evaluate(
+                "img => img.decode().then(() => [img.complete, img.naturalWidth, img.naturalHeight])")
+            assert size == [True, 768, 384], size  # the SVG decoded at its own size
             assert charts.nth(i).evaluate(COLOURED_PIXELS) > 500  # and drew bars, not a blank box
         assert page.locator("script").count() == 0 and scripts == []
         assert page.locator("tbody tr").count() >= len(ctx.store.issues(status="sent"))

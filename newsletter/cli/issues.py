@@ -150,7 +150,8 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: 
     if failed_matching and not retry_failed:
         raise click.UsageError("--failed-matching goes with --retry-failed")
     with progress_callbacks() as (on_issue, on_progress):
-        runner = DigestRunner(ctx.config, ctx.store, ctx.segments, on_issue=on_issue, on_progress=on_progress)
+        runner = DigestRunner(ctx.config, ctx.store, ctx.segments, on_issue=on_issue, on_progress=on_progress,
+                              actor=cli_actor())
         report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
                                  failed_matching=failed_matching)
     print_report(report)
