@@ -151,8 +151,8 @@ class DigestRunner:
         if issue_ids is None:
             issues = self.store.issues_to_send(
                 [status for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)) if wanted])
-            moment = now or datetime.now(timezone.utc)
-            issues = [issue for issue in issues if due(issue, moment, self.config.timezone)]  # the others wait, still approved
+            moment = now or datetime.now(timezone.utc)  # an approved issue whose send time is later waits
+            issues = [issue for issue in issues if due(issue, moment, self.config.timezone)]
         else:
             issues = [self.sendable_issue(i, retrying) for i in issue_ids]
         issues = [issue for issue in issues if may_send(issue, retrying)]

@@ -45,7 +45,7 @@ def parse_send_time(text: str, tz: str) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise LifecycleError(f"--at: {text!r} is no ISO date and time (e.g. 2026-12-07T07:00)") from None
+        raise LifecycleError(f"send time: {text!r} is no ISO date and time (e.g. 2026-12-07T07:00)") from None
     return when.replace(tzinfo=ZoneInfo(tz)) if when.tzinfo is None else when
 
 

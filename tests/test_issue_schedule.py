@@ -81,7 +81,7 @@ def test_an_offset_wins_over_the_zone_and_clear_drops_the_time(paris, runner):
 
 @pytest.mark.parametrize("args,message", [
     (["--at", "2026-11-22T12:00"], "is in the past"),               # 11:00 UTC, before EARLY
-    (["--at", "next monday"], "--at: 'next monday' is no ISO date and time"),
+    (["--at", "next monday"], "send time: 'next monday' is no ISO date and time"),
     ([], "give either --at ISO-DATETIME or --clear"),
     (["--at", "2026-12-01T09:00", "--clear"], "give either --at ISO-DATETIME or --clear"),
 ])

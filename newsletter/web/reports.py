@@ -22,6 +22,8 @@ SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'
 PALETTE = ("#0072B2", "#E69F00", "#D55E00", "#CC79A7", "#009E73", "#56B4E9")
 ISSUE_SERIES = ("sent", "deferred", "failed", "unknown")
 SUBSCRIBER_SERIES = ("new", "confirmed", "unsubscribed", "bounced", "complained")
+#: Bars a chart draws at most, the newest (the tables and CSV keep everything).
+CHART_BARS = 20
 
 
 def _issues() -> list[dict[str, Any]]:
@@ -91,13 +93,13 @@ def index() -> str:
     return render_template("editor/reports.html", issues=issues, subscribers=subscribers,
                            issue_columns=list(issues[0]) if issues else [],
                            subscriber_columns=list(subscribers[0]) if subscribers else [],
-                           tracking=tracking_on(web_state().config), proxy_note=PROXY_NOTE)
+                           tracking=tracking_on(web_state().config), proxy_note=PROXY_NOTE, bars=CHART_BARS)
 
 
 @bp.get("/reports/issues.svg")
 @requires("reports")
 def issues_chart() -> Response:
-    rows = _issues()
+    rows = _issues()[-CHART_BARS:]
     return _svg(svg_chart("Deliveries per issue", [f"{r['issue']} {r['segment']}" for r in rows],
                           {s: [r.get(s, 0) for r in rows] for s in ISSUE_SERIES}, stacked=True))
 
@@ -105,7 +107,7 @@ def issues_chart() -> Response:
 @bp.get("/reports/subscribers.svg")
 @requires("reports")
 def subscribers_chart() -> Response:
-    weeks = _weeks(_subscribers())
+    weeks = _weeks(_subscribers())[-CHART_BARS:]
     return _svg(svg_chart("Subscribers per week", [w["week"] for w in weeks],
                           {s: [w[s] for w in weeks] for s in SUBSCRIBER_SERIES}))
 
