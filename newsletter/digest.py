@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,7 +23,7 @@ from .model import Messenger, VariantFor
 from .render import Renderer, issue_variants
 from .segments import Segment
 from .select import local_today, period_for, select_summaries
-from .store import Store, may_send, reading_hold
+from .store import Store, due, may_send, reading_hold
 from .tokens import Tokens
 
 log = logging.getLogger("newsletter.digest")
@@ -75,7 +75,7 @@ class DigestRunner:
                  renderer: Renderer | None = None, messenger_factory: Callable[[], Messenger] | None = None,
                  tokens: Tokens | None = None, on_progress: Callable[[int], None] | None = None,
                  on_issue: Callable[[int, int], None] | None = None,
-                 on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None):
+                 on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None, actor: str | None = None):
         self.config, self.store, self.segments = config, store, segments
         self.renderer = renderer or Renderer.from_config(config)
         self.messenger_factory = messenger_factory or (lambda: messenger_from_config(config))
@@ -83,6 +83,7 @@ class DigestRunner:
         self.on_progress = on_progress
         self.on_issue = on_issue
         self.on_drafts = on_drafts
+        self.actor = actor  # who the audit log names for each issue sent (None: not recorded)
 
     @property
     def lock_path(self) -> Path:
@@ -123,6 +124,9 @@ class DigestRunner:
             raise LookupError(f"issue {issue_id}: is {issue['status']}; approve it first")
         if held := self.reading_hold(issue):
             raise LookupError(held)
+        if not due(issue, datetime.now(timezone.utc)):
+            raise LookupError(f"issue {issue_id}: scheduled for {issue['send_at']}; to send it now, first "
+                              f"`newsletter issues schedule {issue_id} --clear`")
         return issue
 
     def reading_hold(self, issue: dict[str, Any]) -> str | None:
@@ -141,12 +145,14 @@ class DigestRunner:
         return report
 
     def send(self, issue_ids: list[int] | None, report: RunReport, retry_unknown: bool = False,
-             retry_failed: bool = False, failed_matching: str = "") -> None:
+             retry_failed: bool = False, failed_matching: str = "", now: datetime | None = None) -> None:
         self.config.require_sendable()
         retrying = retry_unknown or retry_failed
         if issue_ids is None:
             issues = self.store.issues_to_send(
                 [status for status, wanted in (("unknown", retry_unknown), ("failed", retry_failed)) if wanted])
+            moment = now or datetime.now(timezone.utc)  # an approved issue whose send time is later waits
+            issues = [issue for issue in issues if due(issue, moment, self.config.timezone)]
         else:
             issues = [self.sendable_issue(i, retrying) for i in issue_ids]
         issues = [issue for issue in issues if may_send(issue, retrying)]
@@ -165,6 +171,10 @@ class DigestRunner:
                 tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,
                                               retry_failed=retry_failed, failed_matching=failed_matching)
                 report.tally.add(tally)
+                if self.actor:
+                    counts = {k: getattr(tally, k) for k in ("sent", "failed", "unknown", "deferred", "skipped")}
+                    self.store.record_audit(self.actor, "issue.send", f"issue:{issue['id']}",
+                                            {k: n for k, n in counts.items() if n})
                 if tally.stopped:  # the breaker: the other issues go through the same relay
                     break
         finally:
@@ -185,7 +195,7 @@ class DigestRunner:
                 self.build(cadence, now, report, only=segment)
             if send:
                 self.send(None, report, retry_unknown=retry_unknown, retry_failed=retry_failed,
-                          failed_matching=failed_matching)
+                          failed_matching=failed_matching, now=now)
             drafts = [i for i in report.created if i["status"] == "draft"]
             if drafts and self.on_drafts:
                 try:  # after sending: a failed notice must not hold back approved issues

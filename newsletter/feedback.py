@@ -31,6 +31,9 @@ DELIVERY_COLUMNS = {"delivered": "delivered_at", "open": "opened_at", "click": "
 HARD, SOFT, COMPLAINT, DELIVERED = "hard", "soft", "complaint", "delivered"
 #: soft bounces on this many different issues in a row make an address bounced
 SOFT_BOUNCE_LIMIT = 3
+#: Who the audit log names for a suppression: the webhook's provider, or the bounce mail `bounces process` read.
+SENDGRID_ACTOR = "provider:sendgrid"
+MAIL_ACTOR = "provider:bounce-mail"
 #: what a verdict does to a subscriber's status
 VERDICT_STATUS = {HARD: "bounced", COMPLAINT: "complained"}
 
@@ -159,7 +162,16 @@ def sendgrid_verdict(event: dict[str, Any]) -> str | None:
     return None
 
 
-def apply_verdict(store: Any, subscriber: dict[str, Any], issue_id: int | None, verdict: str) -> str | None:
+def suppress(store: Any, subscriber: dict[str, Any], status: str, actor: str, cause: str) -> str:
+    """Set a worse status and say so in the audit log, naming the provider (or the bounce mail) as the actor."""
+    store.set_subscriber_status(subscriber["id"], status)
+    store.record_audit(actor, "subscriber.suppress", f"subscriber:{subscriber['id']}",
+                       {"status": [subscriber["status"], status], "cause": cause})
+    return status
+
+
+def apply_verdict(store: Any, subscriber: dict[str, Any], issue_id: int | None, verdict: str,
+                  actor: str = SENDGRID_ACTOR) -> str | None:
     """The one rule both backends follow; returns the status it set (or "soft" for a counted soft bounce)."""
     if verdict == DELIVERED:
         store.reset_soft_bounces(subscriber["id"])
@@ -172,8 +184,7 @@ def apply_verdict(store: Any, subscriber: dict[str, Any], issue_id: int | None, 
         verdict = HARD
     status = VERDICT_STATUS.get(verdict)
     if status and RANK[status] > RANK.get(subscriber["status"], 0):
-        store.set_subscriber_status(subscriber["id"], status)
-        return status
+        return suppress(store, subscriber, status, actor, verdict)
     return None
 
 
@@ -195,8 +206,7 @@ def apply(store: Any, event: dict[str, Any], when: str | None) -> str | None:
     if status:
         subscriber = find_subscriber(store, event)
         if subscriber is not None and RANK[status] > RANK.get(subscriber["status"], 0):
-            store.set_subscriber_status(subscriber["id"], status)
-            return status
+            return suppress(store, subscriber, status, SENDGRID_ACTOR, str(event.get("event")))
         return None
     column = DELIVERY_COLUMNS.get(event.get("event"))
     email = _email(event)
@@ -298,7 +308,7 @@ def process_report(store: Any, raw: bytes, bounce_address: str = "") -> str:
             if subscriber is not None:
                 record["subscriber_id"] = subscriber["id"]
                 if verdict:
-                    apply_verdict(store, subscriber, delivery["issue_id"], verdict)
+                    apply_verdict(store, subscriber, delivery["issue_id"], verdict, MAIL_ACTOR)
     store.record_bounce_report(MAIL, report.ref, record)
     return record["verdict"]
 

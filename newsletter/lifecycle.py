@@ -8,13 +8,15 @@ and editor notices go through the configured messenger but never into the ledger
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .messengers import messenger_from_config, send_notice
 from .model import OPEN_DELIVERY, Envelope, Messenger, Notice, recipient_values
 from .render import variants_of
 from .sources.subscribers import normalise_email
-from .store import TRANSITIONS
+from .store import SCHEDULABLE, TRANSITIONS
 
 
 class LifecycleError(LookupError):
@@ -36,6 +38,39 @@ def transition(ctx: Any, issue_id: int, status: str) -> dict[str, Any]:
         raise LifecycleError(f"issue {issue_id}: is {issue['status']}; can only become {status} from "
                              f"{' or '.join(allowed)}")
     return get_issue(ctx, issue_id)
+
+
+def parse_send_time(text: str, tz: str) -> datetime:
+    """An ISO 8601 date and time; without an offset it is read in the configured zone `tz`."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise LifecycleError(f"send time: {text!r} is no ISO date and time (e.g. 2026-12-07T07:00)") from None
+    return when.replace(tzinfo=ZoneInfo(tz)) if when.tzinfo is None else when
+
+
+def schedule(ctx: Any, issue_id: int, at: datetime | None, now: datetime | None = None) -> dict[str, Any]:
+    """Set (at) or clear (None) when a draft or approved issue may go out; a time already past is refused
+    (it would send at once, which `issues send` says plainly)."""
+    issue = get_issue(ctx, issue_id)
+    if issue["status"] not in SCHEDULABLE:
+        raise LifecycleError(f"issue {issue_id}: is {issue['status']}; only a draft or approved issue is scheduled")
+    stamp = None
+    if at is not None:
+        at = at.astimezone(timezone.utc).replace(microsecond=0)
+        if at <= (now or datetime.now(timezone.utc)):
+            raise LifecycleError(f"issue {issue_id}: {at.isoformat()} is in the past; "
+                                 f"send it now with `newsletter issues send {issue_id}`")
+        stamp = at.isoformat()
+    ctx.store.schedule_issue(issue_id, stamp)
+    return get_issue(ctx, issue_id)
+
+
+def shown_send_time(issue: dict[str, Any], tz: str) -> str | None:
+    """The issue's send time in the configured zone (None: with the next run)."""
+    if not issue.get("send_at"):
+        return None
+    return datetime.fromisoformat(issue["send_at"]).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def send_test(ctx: Any, issue_id: int, address: str, messenger: Messenger | None = None) -> str:

@@ -125,6 +125,15 @@ class Sender:
     name: str = ""
     reply_to: str = ""
     site_url: str = ""
+    bounce_address: str = ""  # VERP base: a delivery goes out with MAIL FROM local+<delivery id>@domain
+
+    def envelope_from(self, delivery_id: int | None = None) -> str:
+        """The SMTP envelope sender (MAIL FROM): with a bounce_address, a delivery's VERP address, which
+        sources/bounces.py `verp_deliveries` reads back from a bounce; otherwise the From address."""
+        local, at, domain = self.bounce_address.rpartition("@")
+        if not (local and at and domain):
+            return self.email
+        return f"{local}+{delivery_id}@{domain}" if delivery_id else self.bounce_address
 
 
 @dataclass

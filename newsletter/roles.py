@@ -11,7 +11,7 @@ ROLES = ("author", "approver", "admin")
 #: What each role may do; a role may do everything of the roles before it.
 GRANTS = {
     "author": ("preview", "test-send", "summaries", "account"),
-    "approver": ("approve", "cancel", "schedule", "send"),
+    "approver": ("approve", "cancel", "schedule", "send", "reports"),
     "admin": ("subscribers", "editors", "audit"),
 }
 PERMISSIONS = tuple(p for role in ROLES for p in GRANTS[role])

@@ -20,6 +20,16 @@ AXE_RUN = """async () => {
   return result.violations.filter(v => ['serious', 'critical'].includes(v.impact))
     .map(v => `${v.id} (${v.impact}): ${v.nodes.map(n => n.target.join(' ')).join(', ')}`);
 }"""
+#: How many pixels of an <img> are neither white nor grey, drawn onto a canvas (same origin: not tainted).
+COLOURED_PIXELS = """img => {
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 0 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 40) n++;
+  }
+  return n;
+}"""
 HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 
 
@@ -113,3 +123,39 @@ def test_two_step_enrolment_page_shows_an_inline_qr_code_and_passes_axe(staff, p
     assert qr.bounding_box()["width"] > 100
     axe_check(page)
     page.screenshot(path=str(artifacts / "web-editor-2fa-enrol-phone.png"), full_page=True)
+
+
+def test_an_approver_reads_the_reports_page_its_charts_render_without_script(make_site, page, artifacts):
+    from newsletter.digest import DigestRunner
+    from newsletter.messengers import messenger_from_config
+    from tests.conftest import SAMPLE_NOW
+    from tests.test_web_browser import serving
+
+    with serving(make_site, {"abe": {"hash": HASH, "role": "approver"}}) as live:
+        ctx = live.ctx
+        for issue in ctx.store.issues(status="draft"):
+            ctx.store.set_issue_status(issue["id"], "approved")
+        DigestRunner(ctx.config, ctx.store, ctx.segments,
+                     messenger_factory=lambda: messenger_from_config(ctx.config)).run(None, SAMPLE_NOW)
+        scripts: list[str] = []
+        page.on("request", lambda r: scripts.append(r.url) if r.resource_type == "script" else None)
+        page.set_viewport_size(DESKTOP)
+        log_in(page, live, "abe")
+        page.get_by_role("link", name="Reports").click()
+        page.get_by_role("heading", name="Reports", level=1).wait_for()
+        charts = page.locator("figure.chart img")
+        assert charts.count() == 2
+        for i in range(2):
+            size = charts.nth(i).evaluate(
+                "img => img.decode().then(() => [img.complete, img.naturalWidth, img.naturalHeight])")
+            assert size == [True, 768, 384], size  # the SVG decoded at its own size
+            assert charts.nth(i).evaluate(COLOURED_PIXELS) > 500  # and drew bars, not a blank box
+        assert page.locator("script").count() == 0 and scripts == []
+        assert page.locator("tbody tr").count() >= len(ctx.store.issues(status="sent"))
+        axe_check(page)
+        page.screenshot(path=str(artifacts / "web-editor-reports.png"), full_page=True)
+        svg = page.request.get(live.url("/editor/reports/issues.svg"))
+        assert svg.status == 200 and b"<script" not in svg.body()
+        page.set_viewport_size(PHONE)
+        page.reload()
+        axe_check(page)

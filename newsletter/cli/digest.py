@@ -10,6 +10,7 @@ from .. import lifecycle
 from ..context import Context
 from ..digest import DigestRunner, LockBusy, RunReport
 from ..progress import progress_callbacks
+from .audit import cli_actor
 from .common import cadence_option, handle_errors, now_option, parse_now, pass_ctx, segment_option
 
 
@@ -59,7 +60,7 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
                               on_issue=on_issue, on_progress=on_progress,
-                              on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts))
+                              on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts), actor=cli_actor())
         try:
             report = runner.run(None if send_only else cadence, now, send=not no_send, retry_unknown=retry_unknown,
                                 retry_failed=retry_failed, failed_matching=failed_matching, segment=segment,
@@ -95,6 +96,9 @@ def status(ctx: Context) -> None:
         click.echo(f"Partly sent: issue {i['id']} ({i['segment']} {i['cadence']} {i['period']}): {p.counts_text}; "
                    f"{p.resume}")
     for a in st.attention:
+        if a["kind"] == "welcome":  # welcome issues are no digest: `issues show` does not know them
+            click.echo(f"Needs attention: welcome emails: {a['n']} {a['status']} ({a['example']})")
+            continue
         hint = "see `issues show`; resend only with --retry-unknown" if a["status"] == "unknown" else a["example"]
         click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
     for issue_id, n in sorted(st.bounces.items()):

@@ -11,6 +11,7 @@ from ..context import Context
 from ..digest import DigestRunner
 from ..model import ISSUE_STATUSES
 from ..progress import progress_callbacks
+from ..store import SCHEDULABLE
 from .audit import cli_actor
 from .common import handle_errors, pass_ctx
 from .digest import print_report
@@ -39,8 +40,10 @@ def issues_list(ctx: Context, status: str | None) -> None:
     """
     for issue in ctx.store.issues(status=status):
         p = lifecycle.progress(ctx, issue)
+        at = lifecycle.shown_send_time(issue, ctx.config.timezone)
         click.echo(f"{issue['id']:>5}  {issue['segment']:<11} {issue['cadence']:<8} {issue['period']:<9} "
-                   f"{p.shown:<9} {p.counts_text}" + (f"; {p.resume}" if p.resume else ""))
+                   f"{p.shown:<9} {p.counts_text}" + (f"; {p.resume}" if p.resume else "")
+                   + (f"; sends at {at}" if at and issue["status"] in SCHEDULABLE else ""))
 
 
 @issues.command("show")
@@ -55,6 +58,9 @@ def issues_show(ctx: Context, issue_id: int) -> None:
     p = lifecycle.progress(ctx, issue)
     click.echo(f"issue {issue['id']}: {issue['segment']} {issue['cadence']} {issue['period']} ({p.shown})")
     click.echo(f"created {issue['created_at']}, approved {issue['approved_at'] or '-'}, sent {issue['sent_at'] or '-'}")
+    if issue["status"] in SCHEDULABLE:
+        at = lifecycle.shown_send_time(issue, ctx.config.timezone)
+        click.echo(f"sends at {at}" if at else "sends with the next run once approved")
     for s in ctx.store.issue_summaries(issue_id):
         mark = " [updated]" if s["is_update"] else ""
         click.echo(f"  {s['published']}  {s['slug']}{mark}  {s['title']}")
@@ -82,6 +88,36 @@ issues_approve = _transition_command("approve", "approved",
                                      "Approve a draft; the next `digest run` (or `issues send`) sends it.")
 issues_cancel = _transition_command("cancel", "cancelled",
                                     "Cancel a draft or approved issue; its summaries return to the pool for the next one.")
+
+
+@issues.command("schedule")
+@click.argument("issue_id", type=int)
+@click.option("--at", "at_text", metavar="ISO-DATETIME",
+              help="When it may go out; without an offset, in the configured timezone.")
+@click.option("--clear", is_flag=True, help="Drop the time: the next run sends it once approved.")
+@pass_ctx
+@handle_errors
+def issues_schedule(ctx: Context, issue_id: int, at_text: str | None, clear: bool) -> None:
+    """Set when a draft or approved issue goes out.
+
+    The ten-minute cron line (`digest run --send-only`) sends an approved
+    issue only once its time has come; until then it stays approved. A
+    draft still needs approving. A time in the past is refused.
+
+    \b
+    Example:
+        newsletter issues schedule 12 --at 2026-12-07T07:00          # in the configured timezone
+        newsletter issues schedule 12 --at 2026-12-07T06:00+00:00
+        newsletter issues schedule 12 --clear
+    """
+    if clear == (at_text is not None):
+        raise click.UsageError("give either --at ISO-DATETIME or --clear")
+    at = None if clear else lifecycle.parse_send_time(at_text or "", ctx.config.timezone)
+    before = lifecycle.get_issue(ctx, issue_id).get("send_at")
+    issue = lifecycle.schedule(ctx, issue_id, at)
+    ctx.store.record_audit(cli_actor(), "issue.schedule", f"issue:{issue_id}", {"send_at": [before, issue["send_at"]]})
+    shown = lifecycle.shown_send_time(issue, ctx.config.timezone)
+    click.echo(f"issue {issue_id}: sends at {shown}" if shown else f"issue {issue_id}: sends with the next run")
 
 
 @issues.command("add-update")
@@ -114,7 +150,8 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: 
     if failed_matching and not retry_failed:
         raise click.UsageError("--failed-matching goes with --retry-failed")
     with progress_callbacks() as (on_issue, on_progress):
-        runner = DigestRunner(ctx.config, ctx.store, ctx.segments, on_issue=on_issue, on_progress=on_progress)
+        runner = DigestRunner(ctx.config, ctx.store, ctx.segments, on_issue=on_issue, on_progress=on_progress,
+                              actor=cli_actor())
         report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
                                  failed_matching=failed_matching)
     print_report(report)

@@ -12,6 +12,7 @@ from ..model import SUBSCRIBER_STATUSES
 from ..segments import CADENCES
 from ..sources.imports import FIELDS, LAYOUTS, known_topics, parse_map, read_import_file
 from ..sources.subscribers import clean_subscriber, normalise_email, write_csv
+from .audit import cli_actor
 from .common import cadence_option, handle_errors, pass_ctx, segment_option
 
 
@@ -61,6 +62,8 @@ def subscribers_add(ctx: Context, email: str, segment: str, name: str, cadence: 
     counts = ctx.store.upsert_subscribers_with_consent([rec])
     current = ctx.store.get_subscriber(rec["email"])
     verb = "added" if counts["added"] else "updated"
+    ctx.store.record_audit(cli_actor(), "subscriber.import", f"subscriber:{current['id']}",
+                           {"how": f"subscribers add ({verb})", "consent": bool(counts["consents"])})
     click.echo(f"{verb} {current['email']} ({current['segment']}, {current['cadence']}, {current['status']})"
                + (", consent recorded" if counts["consents"] else ""))
 
@@ -114,6 +117,9 @@ def subscribers_import(ctx: Context, csv_file: Path, tool: str | None, maps: tup
             rec["consent"] = {"method": "import", "basis": basis, "opted_in_at": rec.get("opted_in_at"),
                               "ip": rec.get("ip")}
     counts = ctx.store.upsert_subscribers_with_consent(result.good)
+    ctx.store.record_audit(cli_actor(), "subscriber.import", f"file:{csv_file.name}", {
+        "layout": result.layout.name, "rejected": len(result.bad),
+        **{k: counts[k] for k in ("added", "updated", "kept_suppressed", "consents") if k in counts}})
     click.echo(f"{counts['added']} added, {counts['updated']} updated, {len(result.bad)} rejected"
                + (f", {counts['kept_suppressed']} kept unsubscribed" if counts["kept_suppressed"] else "")
                + (f", {counts['consents']} consent records" if counts["consents"] else ""))
@@ -149,6 +155,8 @@ def subscribers_list(ctx: Context, segment: str | None, status: str | None) -> N
 def subscribers_remove(ctx: Context, email: str) -> None:
     """Delete a subscriber's data; the address stays suppressed so no import re-adds it."""
     address = normalise_email(email)
-    if not ctx.store.remove_subscriber(address):
+    found = ctx.store.get_subscriber(address)
+    if found is None:
         raise click.ClickException(f"{address}: no such subscriber")
+    ctx.store.editor_erase(found["id"], cli_actor())  # audited as subscriber.erase, its earlier rows scrubbed
     click.echo(f"removed {address}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
+from dataclasses import asdict
 from datetime import datetime
 
 import click
@@ -12,6 +14,7 @@ from ..context import Context
 from ..pull import pull_feeds
 from ..readability import flagged
 from ..sources.summaries import read_sources
+from .audit import cli_actor
 from .common import handle_errors, pass_ctx
 
 
@@ -37,6 +40,7 @@ def summaries_import(ctx: Context, sources: tuple[str, ...]) -> None:
     """
     records = read_sources(sources, ctx.topics)
     counts = ctx.store.upsert_summaries(records)
+    ctx.store.record_audit(cli_actor(), "summaries.import", "summaries", {"sources": len(sources), **asdict(counts)})
     click.echo(f"{counts.inserted} added, {counts.updated} updated, {counts.revised} new revisions, "
                f"{counts.unchanged} unchanged")
     for line in reading_warnings(records, ctx.config.max_reading_grade):
@@ -85,6 +89,15 @@ def summaries_pull(ctx: Context) -> None:
         newsletter summaries pull
     """
     results = pull_feeds(ctx)
+    # Only what changed content: an hourly pull of unchanged feeds leaves no row.
+    imported = [r for r in results if r.status == "imported" and r.counts
+                and r.counts.inserted + r.counts.updated + r.counts.revised]
+    if imported:
+        totals = Counter[str]()
+        for r in imported:
+            totals.update(asdict(r.counts))
+        ctx.store.record_audit(cli_actor(), "summaries.import", "feeds", {"feeds": [r.url for r in imported],
+                                                                          **totals})
     for result in results:
         click.echo(result.line())
     if any(r.status == "failed" for r in results):

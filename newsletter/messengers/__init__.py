@@ -17,7 +17,7 @@ from ..model import Messenger, Notice, Outcome, Sender
 
 def sender_from_config(config: Any) -> Sender:
     return Sender(email=config.sender_email, name=config.sender_name, reply_to=config.reply_to,
-                  site_url=config.site_url)
+                  site_url=config.site_url, bounce_address=config.bounce_address)
 
 
 def messenger_from_config(config: Any) -> Messenger:

@@ -212,7 +212,9 @@ class SmtpMessenger:
     def _transmit(self, data: bytes, recipient: str, ids: list[int]) -> tuple[Outcome, bool]:
         """MAIL, RCPT, DATA step by step: (outcome, whether the server was unreachable)."""
         # Display text is RFC 2047 (ASCII); only a non-ASCII address (To, From, Reply-To) needs SMTPUTF8.
-        utf8 = not (recipient.isascii() and self.sender.email.isascii() and data.isascii())
+        # One delivery: its VERP envelope sender when bounce_address is set; a notice (no delivery) the plain one.
+        mail_from = self.sender.envelope_from(ids[0]) if len(ids) == 1 else self.sender.email
+        utf8 = not (recipient.isascii() and mail_from.isascii() and data.isascii())
         last_error, unreachable = "", False
         for attempt in range(RETRY_ATTEMPTS):
             if attempt:
@@ -232,7 +234,7 @@ class SmtpMessenger:
                         return Outcome("failed", ids, error="smtp: the address is not ASCII and the server does "
                                                             "not offer SMTPUTF8"), False
                     options = ["SMTPUTF8", "BODY=8BITMIME"] if conn.has_extn("8bitmime") else ["SMTPUTF8"]
-                for step, command in (("MAIL FROM", lambda: conn.mail(self.sender.email, options)),
+                for step, command in (("MAIL FROM", lambda: conn.mail(mail_from, options)),
                                       ("RCPT TO", lambda: conn.rcpt(recipient)), ("DATA", lambda: conn.docmd("DATA"))):
                     code, resp = command()
                     if code == 421:

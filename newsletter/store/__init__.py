@@ -21,6 +21,7 @@ from .ledger import Ledger
 from .migrations import migrations
 from .reading import Reading
 from .reports import Reports
+from .schedule import SCHEDULABLE, Schedule, due
 from .signups import NOT_BY_LINK, Signups
 from .subscribers import Subscribers, email_hash
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
@@ -40,6 +41,7 @@ class Store(
     Events,
     Bounces,
     Reports,
+    Schedule,
     Throttles,
     EditorSessions,
     EditorSecrets,
@@ -52,10 +54,10 @@ class Store(
 
 
 __all__ = [
-    "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
+    "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SCHEDULABLE", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Signups",
+    "Events", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Schedule", "Signups",
     "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
-    "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "next_string", "now_iso",
+    "content_hash", "decode_topics", "describe", "due", "email_hash", "may_send", "migrations", "next_string", "now_iso",
     "reading_hold", "search_key", "subscriber_target",
 ]

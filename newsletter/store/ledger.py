@@ -186,8 +186,12 @@ class Ledger(Tables):
                                  (issue_id,)).fetchone()[0]
 
     def deliveries_needing_attention(self) -> list[dict[str, Any]]:
-        return self.query("""SELECT issue_id, status, COUNT(*) AS n, MAX(error) AS example FROM deliveries
-                             WHERE status IN ('unknown', 'failed') GROUP BY issue_id, status ORDER BY issue_id""")
+        """Unknown and failed deliveries per digest issue; all welcomes together (issue_id None, kind 'welcome')."""
+        return self.query("""SELECT CASE i.kind WHEN 'digest' THEN d.issue_id END AS issue_id, i.kind, d.status,
+                                    COUNT(*) AS n, MAX(d.error) AS example
+                             FROM deliveries d JOIN issues i ON i.id = d.issue_id
+                             WHERE d.status IN ('unknown', 'failed')
+                             GROUP BY i.kind, 1, d.status ORDER BY i.kind, 1""")
 
     def already_received(self, issue_id: int) -> dict[int, frozenset[str]]:
         """For readers of this issue who changed segment or cadence: the slugs other issues brought them."""

@@ -342,3 +342,9 @@ def m013_welcome_issues(db: Database) -> None:
     # A welcome is a delivery like any other: a row in the ledger against an issue of its own kind, one per
     # (segment, cadence), so the digest's lists, sends and retries can leave those issues out.
     db.execute("ALTER TABLE issues ADD COLUMN kind TEXT NOT NULL DEFAULT 'digest'")
+
+
+@migrations()
+def m016_issue_schedule(db: Database) -> None:
+    # When an approved issue may go out (UTC ISO 8601; NULL: with the next run, as before).
+    db.execute("ALTER TABLE issues ADD COLUMN send_at TEXT")

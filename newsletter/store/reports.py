@@ -1,4 +1,6 @@
-"""What the report reads: the ledger's statuses per issue, the events and subscriber changes after an issue."""
+"""What the report reads: the ledger's statuses per issue, the events and subscriber changes after an issue.
+
+Only digests are reported: a welcome issue (kind 'welcome') is one email per reader, not an issue an editor sent."""
 
 from __future__ import annotations
 
@@ -10,15 +12,17 @@ from .connection import Tables
 class Reports(Tables):
     def reported_issues(self, issue_id: int | None = None) -> list[dict[str, Any]]:
         """Issues that reached the ledger, each with when its deliveries were planned (the report's day 0)."""
-        where = "WHERE i.id = ?" if issue_id is not None else ""
+        where = "AND i.id = ?" if issue_id is not None else ""
         return self.query(f"""SELECT i.*, MIN(d.created_at) AS planned_at FROM issues i
-                              JOIN deliveries d ON d.issue_id = i.id {where}
+                              JOIN deliveries d ON d.issue_id = i.id WHERE i.kind = 'digest' {where}
                               GROUP BY i.id ORDER BY i.id""", (issue_id,) if issue_id is not None else ())
 
     def status_counts_by_issue(self) -> dict[int, dict[str, int]]:
         """Every status the ledger holds, whatever it is (new ones appear without a change here)."""
         counts: dict[int, dict[str, int]] = {}
-        for row in self.conn.execute("SELECT issue_id, status, COUNT(*) FROM deliveries GROUP BY issue_id, status"):
+        for row in self.conn.execute("""SELECT issue_id, status, COUNT(*) FROM deliveries
+                                        WHERE issue_id IN (SELECT id FROM issues WHERE kind = 'digest')
+                                        GROUP BY issue_id, status"""):
             counts.setdefault(row[0], {})[row[1]] = row[2]
         return counts
 

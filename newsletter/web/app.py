@@ -34,6 +34,7 @@ from .editors import bp as editors_bp
 from .people import bp as people_bp
 from .public import bp as public_bp
 from .reading import bp as reading_bp
+from .reports import bp as reports_bp
 from .limits import Limiter
 from .security import csrf_token, current_account, may, protect_csrf
 from .state import PAGE_CSP, WebState
@@ -100,6 +101,7 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
     app.register_blueprint(account_bp)
     app.register_blueprint(people_bp)
     app.register_blueprint(audit_bp)
+    app.register_blueprint(reports_bp)
     app.register_blueprint(webhooks_bp)
     app.before_request(protect_csrf)
     app.jinja_env.globals["csrf_token"] = csrf_token  # imported form macros see globals, not the context

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from flask import (Blueprint, Response, abort, flash, make_response, redirect, render_template, request, session,
@@ -21,6 +22,7 @@ from ..render import RenderError
 from ..select import Period
 from ..settings import ConfigError
 from ..sources.subscribers import SubscriberError, normalise_email
+from ..store import SCHEDULABLE
 from .limits import network_of
 from .security import (PENDING_LOGIN_KEY, PENDING_LOGIN_SECONDS, current_editor, editor_accounts, end_editor_session,
                        password_fingerprint, requires, safe_next, start_editor_session)
@@ -144,7 +146,9 @@ def issue(issue_id: int) -> str:
                            counts=store.delivery_counts(issue_id),
                            period_label=Period.from_key(row["period"]).label,
                            segment=web_state().segments.get(row["segment"]),
-                           approval=store.last_audit(f"issue:{issue_id}", "issue.approve"))
+                           approval=store.last_audit(f"issue:{issue_id}", "issue.approve"),
+                           send_time=lifecycle.shown_send_time(row, web_state().config.timezone),
+                           schedulable=row["status"] in SCHEDULABLE, timezone=web_state().config.timezone)
 
 
 def preview_parts(issue_id: int) -> tuple[str, str]:
@@ -202,6 +206,29 @@ def approve(issue_id: int) -> Any:
 @requires("cancel")
 def cancel(issue_id: int) -> Any:
     return _transition(issue_id, "cancelled", "it will not be sent", "issue.cancel")
+
+
+@bp.post("/issues/<int:issue_id>/schedule")
+@requires("schedule")
+def schedule(issue_id: int) -> Any:
+    """Set the send time (the datetime-local field: a time in the configured zone) or clear it; audited."""
+    before = load_issue(issue_id).get("send_at")
+    clear = bool(request.form.get("clear"))
+    text = request.form.get("send_at", "").strip()
+    back = redirect(url_for("editor.issue", issue_id=issue_id), code=303)
+    try:
+        if not clear and not text:
+            raise lifecycle.LifecycleError("enter the date and time it should go out")
+        at = None if clear else lifecycle.parse_send_time(text, web_state().config.timezone)
+        now = datetime.fromtimestamp(web_state().clock(), timezone.utc)
+        after = lifecycle.schedule(get_ctx(), issue_id, at, now)["send_at"]
+    except lifecycle.LifecycleError as exc:
+        flash(f"Not scheduled: {exc}.", "error")
+        return back
+    get_ctx().store.record_audit(current_editor() or "?", "issue.schedule", f"issue:{issue_id}",
+                                 {"send_at": [before, after]})
+    flash(f"Issue {issue_id}: send time {'cleared' if clear else 'set'}.")
+    return back
 
 
 @bp.post("/issues/<int:issue_id>/test")

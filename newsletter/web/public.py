@@ -18,7 +18,7 @@ from flask import (Blueprint, Response, abort, flash, make_response, redirect, r
 from ..model import SUPPRESSED, Notice
 from ..segments import CADENCES
 from ..sources.subscribers import SubscriberError, normalise_email
-from ..store import NOT_BY_LINK, now_iso
+from ..store import NOT_BY_LINK, now_iso, subscriber_target
 from ..tokens import TokenError
 from ..welcome import send_welcome
 from . import mailer
@@ -28,6 +28,8 @@ from .security import csrf_exempt, csrf_valid
 from .state import EMAIL_CSP, get_ctx, web_state
 
 log = logging.getLogger("newsletter.web")
+#: The audit log's actor for what readers do through their signed links.
+READER = "subscriber"
 bp = Blueprint("public", __name__)
 
 EXPORT_FIELDS = ("email", "name", "segment", "cadence", "topics", "status", "created_at", "updated_at",
@@ -188,6 +190,7 @@ def confirm(confirm_token: str) -> Any:
     if subscriber["status"] == "active":
         return confirm_view(subscriber, just_confirmed=True)
     if subscriber["status"] not in NOT_BY_LINK and store.confirm_subscriber(subscriber["id"]):
+        store.record_audit(READER, "subscriber.confirm", subscriber_target(subscriber["id"]))
         # Only the request whose UPDATE activated the address gets here; the welcome itself is planned at
         # most once per person (newsletter/welcome.py), so a repeated confirm never sends a second one.
         outcome = send_welcome(get_ctx(), subscriber["id"], tokens=web_state().tokens)
@@ -221,7 +224,8 @@ def preferences_save(preferences_token: str) -> Any:
     choices, errors = read_choices(request.form, known_topics(subscriber["topics"]))
     if errors:
         return preferences_page(subscriber, preferences_token, choices, errors), 400
-    get_ctx().store.update_preferences(subscriber["id"], choices["segment"], choices["cadence"], choices["topics"])
+    get_ctx().store.editor_set_preferences(subscriber["id"], choices["segment"], choices["cadence"], choices["topics"],
+                                           READER)  # audited (what changed) as the subscriber's own act
     flash("Your preferences are saved.")
     return back_to_preferences(preferences_token)
 
@@ -231,6 +235,7 @@ def pause(preferences_token: str) -> Any:
     subscriber = subscriber_for("preferences", preferences_token)
     if subscriber["status"] not in SUPPRESSED:
         get_ctx().store.set_subscriber_status(subscriber["id"], "unsubscribed")
+        get_ctx().store.record_audit(READER, "subscriber.pause", subscriber_target(subscriber["id"]))
     flash("The digest is paused: we will send you nothing until you resume it.")
     return back_to_preferences(preferences_token)
 
@@ -240,6 +245,7 @@ def resume(preferences_token: str) -> Any:
     subscriber = subscriber_for("preferences", preferences_token)
     if subscriber["status"] == "unsubscribed":  # paused; a bounce or spam report is not undone here
         get_ctx().store.set_subscriber_status(subscriber["id"], "active")
+        get_ctx().store.record_audit(READER, "subscriber.resume", subscriber_target(subscriber["id"]))
     elif subscriber["status"] != "active":
         flash("This address cannot receive the digest: emails to it bounced, or it reported our email as spam. "
               "Only the people who run this site can undo that.", "error")
@@ -273,6 +279,7 @@ def delete_page(preferences_token: str) -> Any:
 def delete(preferences_token: str) -> Any:
     subscriber = subscriber_for("preferences", preferences_token)
     get_ctx().store.remove_subscriber(subscriber["email"], reason="deleted by the subscriber")
+    get_ctx().store.record_audit(READER, "subscriber.erase", subscriber_target(subscriber["id"]))
     return render_template("public/deleted.html")
 
 
@@ -303,6 +310,7 @@ def unsubscribe(unsubscribe_token: str) -> Any:
     # Already gone (deleted, bounced, unsubscribed): the answer is the same, nothing changes.
     if subscriber is not None and subscriber["status"] not in SUPPRESSED:
         store.set_subscriber_status(subscriber_id, "unsubscribed")
+        store.record_audit(READER, "subscriber.unsubscribe", subscriber_target(subscriber_id), {"one_click": one_click})
     if one_click:
         return Response("Unsubscribed.\n", mimetype="text/plain")
     links = links_for(subscriber_id) if subscriber is not None else None
