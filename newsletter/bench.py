@@ -89,6 +89,7 @@ TO_RE = re.compile(rb'"to":\s*\[')
 
 class _SinkHandler(BaseHTTPRequestHandler):
     counts = {"requests": 0, "recipients": 0}
+    protocol_version = "HTTP/1.1"  # keep-alive, as SendGrid's API
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
