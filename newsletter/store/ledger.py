@@ -22,6 +22,9 @@ class Ledger(Tables):
 
         Only when the issue leaves `approved`, in the same transaction: a resumed
         run sends to the audience as it was planned, not to later sign-ups.
+        Rows are numbered by topics, then subscriber: the dispatcher batches by
+        the variant the topics choose, so each batch it claims and records is a
+        contiguous run of ids (a few pages) instead of ids spread over the issue.
         """
         now = now_iso()
         with self.transaction() as conn:
@@ -30,7 +33,8 @@ class Ledger(Tables):
                 return 0
             cur = conn.execute("""INSERT OR IGNORE INTO deliveries (issue_id, subscriber_id, status, created_at, updated_at)
                                   SELECT ?, id, 'pending', ?, ? FROM subscribers
-                                  WHERE segment = ? AND cadence = ? AND status = 'active' ORDER BY id""",
+                                  WHERE segment = ? AND cadence = ? AND status = 'active'
+                                  ORDER BY topics, id""",
                                (issue_id, now, now, issue["segment"], issue["cadence"]))
             conn.execute("UPDATE issues SET status = 'sending' WHERE id = ?", (issue_id,))
             return cur.rowcount
