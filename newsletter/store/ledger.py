@@ -63,23 +63,26 @@ class Ledger(Tables):
                 conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
 
-    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[dict[str, Any]]]:
+    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[tuple]]:
         """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
 
-        The unary `+` keeps SQLite on the rowid range (an issue's rows are
+        Each row a plain tuple (delivery_id, subscriber_id, email, name, topics, status): this runs
+        once per recipient. The unary `+` keeps SQLite on the rowid range (an issue's rows are
         contiguous by id) instead of re-reading the issue's whole index per page.
         """
         after = 0
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
         while True:
-            rows = self.conn.execute("""
-                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status
+            rows = cursor.execute("""
+                SELECT d.id, d.subscriber_id, s.email, s.name, s.topics, s.status
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
                 ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
             if not rows:
                 return
-            after = rows[-1]["delivery_id"]
-            yield [dict(r) for r in rows]
+            after = rows[-1][0]
+            yield rows
 
     def mark_deliveries(self, ids: Sequence[int], status: str, *, provider_id: str | None = None,
                         error: str | None = None, expect: str | None = None) -> int:
