@@ -196,6 +196,11 @@ class Ledger(Tables):
         return self.query("""SELECT issue_id, status, COUNT(*) AS n, MAX(error) AS example FROM deliveries
                              WHERE status IN ('unknown', 'failed') GROUP BY issue_id, status ORDER BY issue_id""")
 
+    def ledger_bytes(self) -> int:
+        """Bytes the deliveries table and its indexes take in the database file (SQLite's dbstat)."""
+        return self.conn.execute("""SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN
+                                    (SELECT name FROM sqlite_master WHERE tbl_name = 'deliveries')""").fetchone()[0]
+
     def already_received(self, issue_id: int) -> dict[int, frozenset[str]]:
         """For readers of this issue who changed segment or cadence: the slugs other issues brought them."""
         found: dict[int, set[str]] = {}
