@@ -70,9 +70,9 @@ class KeepAlive:
         conn = self._connection()
         try:
             conn.request("POST", self.base_path + path, body=body, headers=headers)
-        except OSError as exc:  # sendall failed: the body did not reach the server whole
+        except (OSError, http.client.HTTPException) as exc:  # the body did not reach the server whole
             self.close()
-            raise NotSent(str(exc)) from None
+            raise NotSent(str(exc) or type(exc).__name__) from None
         try:
             response = conn.getresponse()
             data = response.read()
