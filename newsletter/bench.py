@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import bootstrap
+from .bench_floor import FloorMessenger
 from .context import Context
 from .digest import DigestRunner
 from .messengers.counting import CountingMessenger
-from .messengers.sendgrid import build_payload
-from .model import Envelope, Outcome, Rendered, Sender
+from .model import Sender
 from .sources.summaries import read_sources
 from .settings import load_config
 from .tokens import Tokens
@@ -59,29 +59,6 @@ def recent_summaries(count: int = 10) -> list[dict[str, Any]]:
     return records
 
 
-class JsonFloorMessenger:
-    """Builds the SendGrid request bodies as the reference dicts (build_payload) and times json.dumps
-    of them alone: the floor. Sends nothing."""
-    name = "json"
-    batch_size = 1000
-
-    def __init__(self, sender: Sender):
-        self.sender = sender
-        self.encode_seconds = 0.0
-        self.requests = 0
-
-    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        payload = build_payload(rendered, envelopes, self.sender)
-        started = time.perf_counter()
-        json.dumps(payload)
-        self.encode_seconds += time.perf_counter() - started
-        self.requests += 1
-        return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id="json")]
-
-    def close(self) -> None:
-        pass
-
-
 # -- loopback sinks, run in their own process so they do not share our core ----
 
 TO_RE = re.compile(rb'"to":\s*\[')
@@ -89,6 +66,7 @@ TO_RE = re.compile(rb'"to":\s*\[')
 
 class _SinkHandler(BaseHTTPRequestHandler):
     counts = {"requests": 0, "recipients": 0}
+    protocol_version = "HTTP/1.1"  # keep-alive, as SendGrid's API
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -268,11 +246,13 @@ class Result:
     render_s: float
     ledger_write_s: float
     requests: int
-    json_encode_s: float | None
+    json_encode_s: float | None  # the json case: encode_payload alone
     messenger_s: float
     setup_s: float
     sink_recipients: int | None = None  # what the loopback HTTP sink counted
     server: str = ""  # for the smtp cases: which server, over which security
+    floor_s: float | None = None  # the json case: the least cost of the same bodies (bench_floor)
+    ledger_bytes_per_recipient: float = 0.0  # deliveries table and indexes on disk, per planned row
 
 
 SMTP_SERVERS = ("aiosmtpd", "postfix")
@@ -294,7 +274,7 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
     if messenger_name == "counting":
         messenger: Any = CountingMessenger()
     elif messenger_name == "json":
-        messenger = JsonFloorMessenger(sender)
+        messenger = FloorMessenger(sender)
     elif messenger_name == "sendgrid":
         from .messengers.sendgrid import SendGridMessenger
         sink, port = _start_sink("sendgrid")
@@ -350,7 +330,10 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
         requests=getattr(messenger, "requests", 0),
         json_encode_s=round(messenger.encode_seconds, 3) if messenger_name == "json" else None,
         messenger_s=round(report.messenger_seconds, 3),
-        setup_s=round(setup_s, 2), sink_recipients=sink_recipients, server=server)
+        setup_s=round(setup_s, 2), sink_recipients=sink_recipients, server=server,
+        floor_s=round(messenger.floor_seconds, 3) if messenger_name == "json" else None,
+        ledger_bytes_per_recipient=round(ctx.store.ledger_bytes() / max(1, sum(ctx.store.delivery_counts().values())),
+                                         1))
 
 
 def _cpu() -> float:

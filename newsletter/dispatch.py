@@ -103,18 +103,21 @@ class Dispatcher:
         self.transient_in_a_row = 0
         self.returned = 0  # deliveries a messenger gave back untried in this pass
         self.site_url = site_url.rstrip("/")
+        self.unsubscribe_base = self.site_url + "/u/"
         self.limiter = limiter or RateLimiter(rate_limit)
         self.send_seconds = 0.0  # time inside the messenger (the benchmark reports it)
         self.on_progress = on_progress or (lambda n: None)
         self.on_start = on_start or (lambda issue_id, pending: None)
 
     def envelope(self, row: dict[str, Any]) -> Envelope:
+        return self.make_envelope(row["delivery_id"], row["subscriber_id"], row["email"], row["name"] or "")
+
+    def make_envelope(self, delivery_id: int, sid: int, email: str, name: str) -> Envelope:
         """Per-recipient work: two signatures and a greeting, nothing heavier."""
-        sid = row["subscriber_id"]
-        utok = self.tokens.sign("unsubscribe", sid)
-        return Envelope(delivery_id=row["delivery_id"], subscriber_id=sid, email=row["email"], name=row["name"] or "",
-                        values=recipient_values(utok, self.tokens.sign("preferences", sid), row["name"] or ""),
-                        unsubscribe_url=f"{self.site_url}/u/{utok}")
+        sign = self.tokens.sign
+        utok = sign("unsubscribe", sid)
+        return Envelope(delivery_id, sid, email, name, recipient_values(utok, sign("preferences", sid), name),
+                        self.unsubscribe_base + utok)
 
     def send_issue(self, issue_id: int, variant_for: VariantFor, *, retry_unknown: bool = False,
                    retry_failed: bool = False, failed_matching: str = "") -> Tally:
@@ -151,23 +154,24 @@ class Dispatcher:
         size = self.messenger.batch_size
         for rows in self.store.pending_batches(issue_id, size):
             skipped_inactive, skipped_topics = [], []
-            for row in rows:
-                if row["status"] != "active":  # unsubscribed, bounced or removed since planning
-                    skipped_inactive.append(row["delivery_id"])
+            for delivery_id, sid, email, name, raw_topics, status in rows:
+                if status != "active":  # unsubscribed, bounced or removed since planning
+                    skipped_inactive.append(delivery_id)
                     continue
-                raw_topics = row["topics"] or "[]"
-                if row["subscriber_id"] in received:
-                    rendered = variant_for(json.loads(raw_topics), received[row["subscriber_id"]])
+                raw_topics = raw_topics or "[]"
+                if sid in received:
+                    rendered = variant_for(json.loads(raw_topics), received[sid])
                 else:
                     if raw_topics not in variants:
                         variants[raw_topics] = variant_for(json.loads(raw_topics))
                     rendered = variants[raw_topics]
                 if rendered is None:
-                    skipped_topics.append(row["delivery_id"])
+                    skipped_topics.append(delivery_id)
                     continue
                 key = id(rendered)
-                buffers.setdefault(key, (rendered, []))[1].append(self.envelope(row))
-                if len(buffers[key][1]) >= size:
+                buffer = buffers.setdefault(key, (rendered, []))[1]
+                buffer.append(self.make_envelope(delivery_id, sid, email, name or ""))
+                if len(buffer) >= size:
                     self._flush(*buffers.pop(key), tally)
             self.store.mark_deliveries(skipped_inactive, "skipped", error="subscriber no longer active", expect="pending")
             self.store.mark_deliveries(skipped_topics, "skipped", expect="pending",

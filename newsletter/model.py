@@ -45,10 +45,14 @@ def neutralise_text(text: str) -> str:
 
 
 def greeting(name: str) -> tuple[str, str]:
-    """(html, text) greeting for one recipient."""
+    """(html, text) greeting for one recipient (it runs for each one: the usual case skips the patterns)."""
     name = " ".join(name.split())
-    text = f"Hello {name}," if name else "Hello,"
-    return neutralise_html(htmllib.escape(text)), neutralise_text(text)
+    if not name:
+        return "Hello,", "Hello,"
+    text = "Hello " + name + ","
+    if "-nl-" in text:  # exactly what the placeholder pattern matches; escaping never makes one
+        return neutralise_html(htmllib.escape(text)), neutralise_text(text)
+    return htmllib.escape(text), text
 
 
 def recipient_values(unsubscribe_token: str, preferences_token: str, name: str) -> dict[str, str]:

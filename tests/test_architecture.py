@@ -26,7 +26,7 @@ LAYERS = [
     {"dispatch", "feedback"},
     {"digest"},
     {"lifecycle", "preview", "pull", "report", "welcome", "twofactor"},
-    {"bootstrap", "bench", "bench_search"},
+    {"bootstrap", "bench", "bench_floor", "bench_search"},
     {"cli", "web", "__main__"},
 ]
 NETWORK = ("smtplib", "mailbox", "imaplib", "poplib", "socket", "http.client", "http.server", "urllib.request",

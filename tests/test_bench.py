@@ -48,3 +48,23 @@ def test_sendgrid_path_delivers_every_recipient_to_the_loopback_sink():
     assert result.recipients == result.sink_recipients == 9_000
     assert result.requests >= 9  # at most 1000 personalizations per request
     assert result.mjml_compiles == expected_variants()
+
+
+def test_the_floor_quotes_every_recipients_own_strings_and_the_json_case_reports_it():
+    """The floor is not a no-op: each recipient's strings are in it, quoted, and the json case times it."""
+    import json
+
+    from newsletter.bench_floor import floor_body
+    from newsletter.model import PLACEHOLDERS, Envelope, Rendered, Sender
+
+    rendered = Rendered(issue_id=3, segment="patients", cadence="weekly", variant="all", subject="s", preheader="",
+                        html="<p>h</p>", text="t", summary_ids=[1], full_cards=1)
+    envelopes = [Envelope(i, 100 + i, f"r{i}@example.org", f'Ré "{i}"', {k: f"{k}{i}" for k in PLACEHOLDERS},
+                          f"https://x.example/u/{i}") for i in range(3)]
+    body = floor_body(rendered, envelopes, Sender("d@example.org", "D"))
+    for e in envelopes:
+        for own in (e.email, e.name, *e.values.values(), e.unsubscribe_url):
+            assert json.dumps(own) in body
+    result = bench.run_isolated(10_000, "json")
+    assert result.recipients == 9_000 and result.floor_s and result.json_encode_s
+    assert 0 < result.ledger_bytes_per_recipient < 1000

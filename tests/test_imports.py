@@ -351,3 +351,34 @@ def test_rows_of_any_layout_never_crash_and_suppressed_never_becomes_active(case
         assert record["status"] == wanted
         if wanted in SUPPRESSED:
             assert record["status"] != "active"
+
+
+def _import_peak_rss_kb(make_site, rows: int, tmp_path) -> int:
+    """Import `rows` subscribers (a few bad, a few repeated) in a fresh interpreter; its peak RSS."""
+    import subprocess
+    import sys
+    ctx = make_site(f"site{rows}")
+    path = tmp_path / f"people{rows}.csv"
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("email,name,segment,cadence,topics,status\n")
+        for i in range(rows):
+            email = "not-an-address" if i % 5000 == 17 else f"reader{i % (rows - 3)}@example.org"
+            fh.write(f"{email},Reader {i},{('patients', 'caregivers', 'clinicians')[i % 3]},weekly,,active\n")
+    code = ("import resource, sys; from newsletter.cli import cli\n"
+            "try:\n    cli.main(sys.argv[1:], standalone_mode=False)\nfinally:\n"
+            "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, "--config", str(ctx.config.source), "subscribers", "import",
+                           str(path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bad = rows // 5000 + (1 if rows % 5000 > 17 else 0)
+    assert f"{rows - 3 - bad} added, 0 updated, {3 + bad} rejected" in done.stdout
+    assert done.stderr.count("already on line") == 3
+    assert len(ctx.store.subscribers()) == rows - 3 - bad
+    return int(done.stderr.rsplit("PEAK", 1)[1].split()[0])
+
+
+def test_an_import_streams_peak_memory_at_100k_rows_within_1_5x_of_10k(make_site, tmp_path):
+    """Rows are read, checked and written in chunks: memory does not grow with the file (not a timing)."""
+    small = _import_peak_rss_kb(make_site, 10_000, tmp_path)
+    large = _import_peak_rss_kb(make_site, 100_000, tmp_path)
+    assert large <= 1.5 * small, (small, large)

@@ -108,6 +108,20 @@ def test_strict_csv_import_rejects_the_whole_file(site, runner):
     assert site.store.subscribers() == []
 
 
+def test_strict_import_rolls_back_rows_already_written_when_the_last_row_repeats_an_address(site, runner, tmp_path):
+    """Rows are written a chunk at a time; the repeat is found at the end, and still nothing is kept."""
+    path = tmp_path / "long.csv"
+    rows = [f"p{i}@example.org,patients,active" for i in range(4500)] + ["P7@example.org,patients,active"]
+    path.write_text("email,segment,status\n" + "\n".join(rows) + "\n")
+    result = invoke(runner, site, "subscribers", "import", "--strict", path)
+    assert result.exit_code == 1
+    assert "line 4502: email: p7@example.org already on line 9" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"Error: {path}: 1 bad rows; nothing imported (--strict)"
+    assert site.store.subscribers() == []
+    done = invoke(runner, site, "subscribers", "import", path)
+    assert done.stdout.strip() == "4500 added, 0 updated, 1 rejected" and len(site.store.subscribers()) == 4500
+
+
 def test_strict_import_of_a_clean_file_imports_it(site, runner, tmp_path):
     clean = tmp_path / "clean.csv"
     clean.write_text("email,segment,status\nclean@example.org,patients,active\n")

@@ -138,6 +138,7 @@ def test_broken_payload_is_rejected_with_prisms_reasons(prism_site, prism):
         p["to"] = [{"email": f"reader{n}@example.org"}]
     refused = messenger.post(too_many, [1])
     assert refused.status == "failed" and "personalizations" in refused.error
+    messenger.close()
 
 
 def test_missing_authorization_stops_the_run_and_sends_nothing(prism_site, prism, monkeypatch):

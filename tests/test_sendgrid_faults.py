@@ -38,6 +38,7 @@ class Seen:
     recipients: int
     delivery_ids: list[int]
     message_id: str | None
+    connection: int = 0  # the client's port: requests over one keep-alive connection share it
 
 
 @dataclass
@@ -51,9 +52,13 @@ class Stub:
     def accepted(self) -> list[Seen]:
         return [s for s in self.seen if s.status == 202]
 
+    def connections(self) -> int:
+        return len({s.connection for s in self.seen})
+
 
 class StubHandler(BaseHTTPRequestHandler):
     stub: Stub
+    protocol_version = "HTTP/1.1"  # keep-alive, as SendGrid's API
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -65,10 +70,11 @@ class StubHandler(BaseHTTPRequestHandler):
         with self.stub.lock:
             answer = self.stub.script.pop(0) if self.stub.script else "202"
             number = len(self.stub.seen) + 1
-            seen = Seen(status=0 if answer == "slow" else int(answer), emails=emails,
+            seen = Seen(status=0 if answer == "slow" else int(answer.split()[0]), emails=emails,
                         personalizations=len(personalizations), recipients=len(emails),
                         delivery_ids=[int(p["custom_args"]["delivery_id"]) for p in personalizations],
-                        message_id=f"stub-msg-{number}" if answer == "202" else None)
+                        message_id=f"stub-msg-{number}" if answer.startswith("202") else None,
+                        connection=self.client_address[1])
             self.stub.seen.append(seen)
         if answer == "slow":  # the request arrived whole; the answer never comes in time
             self.stub.release.wait(10)
@@ -76,6 +82,9 @@ class StubHandler(BaseHTTPRequestHandler):
             return
         headers = {"Content-Type": "application/json"}
         payload = b""
+        if answer == "202 drop":  # accepted, then the server drops the idle connection (no Connection: close)
+            self.close_connection = True
+            answer = "202"
         if answer == "202":
             headers["X-Message-Id"] = seen.message_id
         elif answer == "429":
@@ -286,6 +295,28 @@ def test_fatal_answer_after_part_of_a_batch_went_out_reports_that_part(loaded, s
     with pytest.raises(FatalSendError):  # the run stops at the next batch, before any request
         messenger.send(rendered, [envelope(20, "q@example.org")])
     assert len(stub.seen) == 2
+    messenger.close()
+
+
+def test_requests_share_one_keep_alive_connection(crowd, stub):
+    """429 and 5xx answers keep the connection; the whole issue goes over one."""
+    stub.script = ["429", "500", "202", "202", "202"]
+    messenger = messenger_for(crowd, stub)
+    report = run(crowd, messenger)
+    assert report.tally.sent == AUDIENCE and len(stub.seen) == 5
+    assert stub.connections() == 1 and messenger.transport.connections == 1
+
+
+def test_a_connection_the_server_dropped_while_idle_is_reopened_not_unknown(crowd, stub):
+    """The server closes the idle connection after each answer: the next request opens a new one
+    before writing anything, so nobody is left unknown and nobody is sent twice."""
+    stub.script = ["202 drop", "202 drop", "202 drop"]
+    messenger = messenger_for(crowd, stub)
+    report = run(crowd, messenger)
+    accepted = Counter(e for s in stub.accepted() for e in s.emails)
+    assert set(accepted) == audience(crowd) and set(accepted.values()) == {1}
+    assert report.tally.sent == AUDIENCE and report.tally.unknown == 0
+    assert stub.connections() == messenger.transport.connections == 3
 
 
 def test_rate_limit_paces_api_requests(crowd, stub, monkeypatch):

@@ -101,6 +101,29 @@ def test_required_tables_and_uniqueness(tmp_path):
         store.close()
 
 
+def test_planned_deliveries_are_contiguous_per_topic_choice(tmp_path):
+    """The dispatcher batches by the variant the topics choose: each choice's rows are one run of ids,
+    in subscriber order within it, so a batch claims and records a few adjacent pages."""
+    import json
+    choices = ([], ["MS"], ["NMOSD", "MOGAD"])
+    store = Store(tmp_path / "site.db", create=True)
+    try:
+        store.bulk_add_subscribers((f"r{i}@example.org", "", "patients", "weekly", json.dumps(choices[i % 3]))
+                                   for i in range(30))
+        issue_id, _ = store.create_issue("patients", "weekly", "2026-W47", [])
+        store.set_issue_status(issue_id, "approved")
+        assert store.plan_deliveries(issue_id) == 30
+        rows = store.query("SELECT d.id, d.subscriber_id, s.topics FROM deliveries d "
+                           "JOIN subscribers s ON s.id = d.subscriber_id ORDER BY d.id")
+        runs = [r["topics"] for i, r in enumerate(rows) if i == 0 or r["topics"] != rows[i - 1]["topics"]]
+        assert len(runs) == len(set(runs)) == 3
+        for topics in runs:
+            ids = [r["subscriber_id"] for r in rows if r["topics"] == topics]
+            assert ids == sorted(ids)
+    finally:
+        store.close()
+
+
 def test_wal_mode_and_busy_timeout(tmp_path):
     store = Store(tmp_path / "site.db", create=True)
     try:

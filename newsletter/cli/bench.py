@@ -28,9 +28,13 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     Each case (size, messenger) runs in a fresh process: generate subscribers
     across segments, cadences and topics, add 10 recent summaries, run the
     weekly digest, and report wall and CPU time, peak RSS, recipients per
-    second, MJML and premailer compiles, ledger write time and, for the json
-    messenger, the time to JSON-encode the SendGrid request bodies alone (the
-    floor). Sinks for sendgrid (HTTP) and smtp run on loopback in their own process.
+    second, MJML and premailer compiles, ledger write time and ledger bytes per
+    recipient. The json messenger writes the SendGrid request bodies without
+    sending them, timing the messenger's encoder and the floor (the least any
+    correct writer must do: each recipient's own strings quoted and copied
+    once); "x floor" is the json encoder's, and the sendgrid messenger's, time
+    over that floor at the same size. Sinks for sendgrid (HTTP) and smtp run
+    on loopback in their own process.
 
     With --search, it times the editors' subscriber search instead: the
     searches an editor types (prefixes, substrings, filters, the next page)
@@ -58,14 +62,22 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     for n, name in bench_mod.cases(sizes, messengers):
         with console.status(f"{n:,} subscribers, {name}..."):
             results.append(bench_mod.run_isolated(n, name, smtp_server, smtp_security))
+    floors = {r.subscribers: r.floor_s for r in results if r.floor_s}
     table = Table("subscribers", "messenger", "server", "recipients", "wall s", "cpu s", "peak RSS MB", "recipients/s",
-                  "MJML", "premailer", "render s", "ledger s", "messenger s", "requests", "JSON encode s")
+                  "MJML", "premailer", "render s", "ledger s", "messenger s", "requests", "encode s", "floor s",
+                  "x floor", "ledger B/recipient")
     for r in results:
+        # json: encode_payload against the floor; sendgrid: the whole messenger (writing and posting) against it
+        spent = r.json_encode_s if r.messenger == "json" else r.messenger_s if r.messenger == "sendgrid" else None
+        floor = floors.get(r.subscribers)
         table.add_row(f"{r.subscribers:,}", r.messenger, r.server, f"{r.recipients:,}", f"{r.wall_s:.2f}", f"{r.cpu_s:.2f}",
                       f"{r.peak_rss_mb:.0f}", f"{r.recipients_per_s:,}", str(r.mjml_compiles),
                       str(r.premailer_compiles), f"{r.render_s:.2f}", f"{r.ledger_write_s:.2f}",
                       f"{r.messenger_s:.2f}", str(r.requests),
-                      "" if r.json_encode_s is None else f"{r.json_encode_s:.2f}")
+                      "" if r.json_encode_s is None else f"{r.json_encode_s:.2f}",
+                      "" if r.floor_s is None else f"{r.floor_s:.2f}",
+                      f"{spent / floor:.2f}" if spent is not None and floor else "",
+                      f"{r.ledger_bytes_per_recipient:.0f}")
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps({"machine": bench_mod.machine(), "results": bench_mod.as_dicts(results)},

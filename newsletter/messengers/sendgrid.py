@@ -1,4 +1,4 @@
-"""SendGrid v3 mail/send through the official client.
+"""SendGrid v3 mail/send: the official package's headers and error model, over one keep-alive connection.
 
 One request carries one rendered body and up to 1000 personalizations, each
 with its own substitutions (tokens, greeting), List-Unsubscribe headers and
@@ -13,17 +13,18 @@ import json
 from json.encoder import encode_basestring_ascii as _q  # C-accelerated
 import random
 import time
-import urllib.error
 from typing import Any, Callable, Sequence
 
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 
 from ..model import PLACEHOLDERS, Envelope, FatalSendError, Notice, Outcome, Rendered, Sender, stop_mid_batch
+from .keepalive import KeepAlive, NotSent
 
 MAX_PERSONALIZATIONS = 1000
 MAX_BACKOFF = 60.0
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+MAIL_SEND = "/v3/mail/send"
 
 
 def _check(envelopes: Sequence[Envelope]) -> None:
@@ -75,10 +76,13 @@ def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sen
     return {"personalizations": personalizations, **_common(rendered, sender, asm_group_id, sandbox)}
 
 
-_QUOTED_KEYS = [_q(key) for key in PLACEHOLDERS]
-_PERSONALIZATION = ('{"to":[%s],"substitutions":{%s},"custom_args":{"issue_id":%s,"subscriber_id":"%d",'
-                    '"delivery_id":"%d"},"headers":{"List-Unsubscribe":%s,'
-                    '"List-Unsubscribe-Post":"List-Unsubscribe=One-Click"}}')
+#: One personalization with the recipient's own strings left as slots; the keys and the fixed text are
+#: written once here. Slots: email, ',"name":...' or nothing, the four values in PLACEHOLDERS order,
+#: subscriber id, delivery id, List-Unsubscribe. The issue id is filled in once per request.
+_PERSONALIZATION = ('{"to":[{"email":%s%s}],"substitutions":{'
+                    + ",".join(f"{_q(key)}:%s" for key in PLACEHOLDERS)
+                    + '},"custom_args":{"issue_id":{issue},"subscriber_id":"%d","delivery_id":"%d"},'
+                    '"headers":{"List-Unsubscribe":%s,"List-Unsubscribe-Post":"List-Unsubscribe=One-Click"}}')
 
 
 def encode_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender, *,
@@ -86,18 +90,17 @@ def encode_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Se
     """The same body as json.dumps(build_payload(...)), written directly.
 
     Per recipient only its own strings are JSON-quoted (in C) and slotted into a
-    fixed template; the shared part is encoded once per request. This is the
-    hot path of a million-recipient send.
+    fixed template by one `%`; the shared part (whatever `_common` returns) is
+    encoded once per variant. This is the hot path of a million-recipient send.
     """
     _check(envelopes)
-    issue_id = _q(str(rendered.issue_id))
-    parts = []
-    for env in envelopes:
-        to = f'{{"email":{_q(env.email)},"name":{_q(env.name)}}}' if env.name else f'{{"email":{_q(env.email)}}}'
-        values = env.values
-        subs = ",".join([f"{key}:{_q(values[raw])}" for key, raw in zip(_QUOTED_KEYS, PLACEHOLDERS)])
-        parts.append(_PERSONALIZATION % (to, subs, issue_id, env.subscriber_id, env.delivery_id,
-                                         _q(f"<{env.unsubscribe_url}>")))
+    template = _PERSONALIZATION.replace("{issue}", _q(str(rendered.issue_id)).replace("%", "%%"))
+    q = _q
+    k1, k2, k3, k4 = PLACEHOLDERS
+    parts = [template % (q(env.email), ',"name":' + q(env.name) if env.name else "",
+                         q((v := env.values)[k1]), q(v[k2]), q(v[k3]), q(v[k4]),
+                         env.subscriber_id, env.delivery_id, q("<" + env.unsubscribe_url + ">"))
+             for env in envelopes]
     return '{"personalizations":[' + ",".join(parts) + "]," + _common_json(rendered, sender, asm_group_id, sandbox)
 
 
@@ -186,6 +189,7 @@ class SendGridMessenger:
             raise FatalSendError("SENDGRID_API_KEY is not set: export it to send through SendGrid")
         self.client = SendGridAPIClient(api_key=api_key, host=host)
         self.client.client.timeout = timeout
+        self.transport = KeepAlive(host, timeout)
         self.sender = sender
         self.max_attempts, self.backoff_base = max_attempts, backoff_base
         self.asm_group_id, self.sandbox, self.sleep = asm_group_id, sandbox, sleep
@@ -219,35 +223,37 @@ class SendGridMessenger:
 
         When those retries run out the request is deferred (transient: a later run tries again); a 4xx
         other than 429 is failed; no answer after the request went out is unknown."""
-        # A JSON type other than the bare "application/json" makes the client send our text as is.
-        body = payload if isinstance(payload, str) else json.dumps(payload)
+        body = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        # The official client's headers (Authorization, User-Agent), read per request so a change to them holds.
+        headers = {**self.client.client.request_headers, **JSON_HEADERS}
         error, delay = "", 0.0
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
                 self.sleep(delay)
             self.requests += 1
             try:
-                response = self.client.client.mail.send.post(request_body=body, request_headers=JSON_HEADERS)
-            except http_errors.HTTPError as exc:
-                status = getattr(exc, "status_code", None) or 0
-                if status in (401, 403):
-                    raise FatalSendError(describe_error(exc) + " (check SENDGRID_API_KEY and its mail.send scope)") from None
-                error = describe_error(exc)
-                if status == 429 or status >= 500 or status == 0:
-                    delay = self._delay(attempt, exc)
-                    continue
-                return Outcome("failed", ids, error=error)
-            except urllib.error.URLError as exc:
+                response = self.transport.post(MAIL_SEND, body, headers)
+            except NotSent as exc:
                 # The request never went out whole: SendGrid cannot have accepted anything.
-                error = f"sendgrid: could not connect: {exc.reason}"
+                error = f"sendgrid: could not connect: {exc}"
                 delay = self._delay(attempt, None)
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 # Sent, then no answer or a garbled one (timeout, reset): SendGrid may have accepted it.
                 return Outcome("unknown", ids, error=f"sendgrid: no answer after the request was sent "
                                                      f"({type(exc).__name__}: {exc})")
-            message_id = response.headers.get("X-Message-Id") if response.headers else None
-            return Outcome("sent", ids, provider_id=message_id or f"accepted-{response.status_code}")
+            if response.status >= 300:
+                exc = http_errors.HTTPError(response.status, response.reason, response.body, response.headers)
+                status = response.status
+                if status in (401, 403):
+                    raise FatalSendError(describe_error(exc) + " (check SENDGRID_API_KEY and its mail.send scope)")
+                error = describe_error(exc)
+                if status == 429 or status >= 500:
+                    delay = self._delay(attempt, exc)
+                    continue
+                return Outcome("failed", ids, error=error)
+            message_id = response.headers.get("X-Message-Id")
+            return Outcome("sent", ids, provider_id=message_id or f"accepted-{response.status}")
         return Outcome("deferred", ids, error=f"{error} (deferred after {self.max_attempts} attempts)")
 
     def _delay(self, attempt: int, exc: http_errors.HTTPError | None) -> float:
@@ -264,4 +270,4 @@ class SendGridMessenger:
         return self.post(notice_payload(notice, self.sender, sandbox=self.sandbox), [])
 
     def close(self) -> None:
-        pass
+        self.transport.close()

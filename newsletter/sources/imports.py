@@ -4,6 +4,7 @@ and when each person opted in. Rows are then checked by `clean_subscriber` like 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ipaddress
 import json
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
 
 from .subscribers import CSV_COLUMNS, SubscriberError, clean_rows, clean_subscriber, read_csv, read_header
 
@@ -185,8 +186,10 @@ def convert_row(row: Row, layout: Layout, sources: Mapping[str, tuple[str, ...]]
 
 def read_import(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str] = (), *,
                 tool: str | None = None, mapping: Mapping[str, str] | None = None,
-                defaults: Mapping[str, str | None] | None = None, where: str = "csv") -> ImportResult:
+                defaults: Mapping[str, str | None] | None = None, where: str = "csv",
+                stream: bool = False) -> ImportResult:
     """Read a subscriber file in any known layout: bad rows reported by line, the good ones cleaned.
+    The header is checked at once; with `stream` the rows are read as `good` is iterated (clean_rows).
 
     Our own CSV without --map keeps its strict header (read_csv); another tool's export, or any file with
     --map, has its unknown columns ignored and listed once.
@@ -208,7 +211,7 @@ def read_import(handle: TextIO, segments: Iterable[str], known_topics: Iterable[
     if (layout is OWN and not mapping and "email" in header
             and (set(header) - set(CSV_COLUMNS) or not any(defaults.values()))):
         handle.seek(0)  # our own format, as it always was read (an unknown column is refused at line 1)
-        strict = read_csv(handle, segments, known_topics, where=where)
+        strict = read_csv(handle, segments, known_topics, where=where, stream=stream)
         result.good, result.bad = strict.good, strict.bad
         return result
     sources = {name: cols for name, cols in layout.fields.items() if not set(cols) & set(mapping)}
@@ -227,17 +230,19 @@ def read_import(handle: TextIO, segments: Iterable[str], known_topics: Iterable[
             raise SubscriberError(f"row: {len(header) + len(row[None])} cells for {len(header)} columns")
         return convert_row(row, layout, sources, segments, known_topics, defaults)
 
-    cleaned = clean_rows(reader, fieldnames, clean)
+    cleaned = clean_rows(reader, fieldnames, clean, stream)
     result.good, result.bad = cleaned.good, cleaned.bad
     return result
 
 
-def read_import_file(path: Path, segments: Iterable[str], known_topics: Iterable[str] = (), **options: Any
-                     ) -> ImportResult:
-    """A subscriber file as UTF-8 (a byte-order mark is fine, as Mailchimp and Excel write it)."""
+@contextlib.contextmanager
+def open_import_file(path: Path, segments: Iterable[str], known_topics: Iterable[str] = (), **options: Any
+                     ) -> Iterator[ImportResult]:
+    """A subscriber file as UTF-8 (a byte-order mark is fine, as Mailchimp and Excel write it), open while
+    the caller reads it; with stream=True its rows are read as `good` is iterated, never all at once."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
-            return read_import(fh, segments, known_topics, where=str(path), **options)
+            yield read_import(fh, segments, known_topics, where=str(path), **options)
     except UnicodeDecodeError:
         raise SubscriberError(f"{path}: encoding: not UTF-8 text (save the CSV as UTF-8)") from None
 

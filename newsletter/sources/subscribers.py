@@ -7,7 +7,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -71,8 +71,9 @@ class CsvResult:
 
 
 def read_csv(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str] = (),
-             where: str = "csv") -> CsvResult:
-    """Each row checked alone; a bad row is reported by the line it starts on (a quoted name may span lines)."""
+             where: str = "csv", stream: bool = False) -> CsvResult:
+    """Each row checked alone; a bad row is reported by the line it starts on (a quoted name may span lines).
+    With `stream`, see clean_rows."""
     segments, known_topics = list(segments), list(known_topics)
     reader = csv.reader(handle)
     fieldnames = read_header(reader, where)
@@ -82,7 +83,7 @@ def read_csv(handle: TextIO, segments: Iterable[str], known_topics: Iterable[str
     unknown = [c for c in fieldnames if c not in CSV_COLUMNS]
     if unknown:
         raise SubscriberError(f"{where}: line 1: unknown column {unknown[0]!r} (columns: {', '.join(CSV_COLUMNS)})")
-    return clean_rows(reader, fieldnames, lambda row: clean_subscriber(row, segments, known_topics))
+    return clean_rows(reader, fieldnames, lambda row: clean_subscriber(row, segments, known_topics), stream)
 
 
 def read_header(reader: Any, where: str) -> list[str]:
@@ -93,34 +94,50 @@ def read_header(reader: Any, where: str) -> list[str]:
         raise SubscriberError(f"{where}: line 1: not CSV: {exc}") from None
 
 
-def clean_rows(reader: Any, fieldnames: list[str], clean: Callable[[dict[str, Any]], dict[str, Any]]) -> CsvResult:
+def clean_rows(reader: Any, fieldnames: list[str], clean: Callable[[dict[str, Any]], dict[str, Any]],
+               stream: bool = False) -> CsvResult:
     """Each row of a csv.reader (past its header, `fieldnames`) through `clean`: a bad row (or a second row for
-    one address) is kept with the line it starts on."""
+    one address) is kept with the line it starts on.
+
+    With `stream`, `good` is an iterator read once (each record with its `line`) and `bad` fills as it is
+    read; a second row for one address is then the writer's to find (store.import_subscribers does), so
+    that nothing grows with the file but its bad rows."""
     result = CsvResult()
+    records = _records(reader, fieldnames, clean, result.bad)
+    if stream:
+        result.good = records  # type: ignore[assignment]
+        return result
     seen: dict[str, int] = {}
-    while True:
-        line = reader.line_num + 1
-        try:
-            values = next(reader, None)
-        except csv.Error as exc:  # e.g. a bare carriage return, a field over the size limit: that record is bad
-            result.bad.append((line, f"not CSV: {exc}"))
-            continue
-        if values is None:
-            break
-        if not values:  # a blank line
-            continue
-        row = dict(zip(fieldnames, values))
-        try:
-            rec = clean(row)
-        except SubscriberError as exc:
-            result.bad.append((line, str(exc)))
-            continue
+    for rec in records:
+        line = rec.pop("line")
         if rec["email"] in seen:
             result.bad.append((line, f"email: {rec['email']} already on line {seen[rec['email']]}"))
             continue
         seen[rec["email"]] = line
         result.good.append(rec)
     return result
+
+
+def _records(reader: Any, fieldnames: list[str], clean: Callable[[dict[str, Any]], dict[str, Any]],
+             bad: list[tuple[int, str]]) -> Iterator[dict[str, Any]]:
+    while True:
+        line = reader.line_num + 1
+        try:
+            values = next(reader, None)
+        except csv.Error as exc:  # e.g. a bare carriage return, a field over the size limit: that record is bad
+            bad.append((line, f"not CSV: {exc}"))
+            continue
+        if values is None:
+            return
+        if not values:  # a blank line
+            continue
+        try:
+            rec = clean(dict(zip(fieldnames, values)))
+        except SubscriberError as exc:
+            bad.append((line, str(exc)))
+            continue
+        rec["line"] = line
+        yield rec
 
 
 def read_csv_file(path: Path, segments: Iterable[str]) -> CsvResult:

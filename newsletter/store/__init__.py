@@ -10,7 +10,7 @@ from __future__ import annotations
 from .audit import AuditLog
 from .bounces import Bounces
 from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
-from .consent import CONSENT_METHODS, Consent
+from .consent import CONSENT_METHODS, Consent, ImportRefused
 from .directory import Directory, Refused, next_string, search_key, subscriber_target
 from .editor_secrets import EditorSecrets
 from .editor_sessions import EditorSessions
@@ -56,7 +56,8 @@ class Store(
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SCHEDULABLE", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Schedule", "Signups",
+    "Events", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports",
+    "Schedule", "Signups",
     "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "due", "email_hash", "may_send", "migrations", "next_string", "now_iso",
     "reading_hold", "search_key", "subscriber_target",

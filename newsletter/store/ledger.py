@@ -22,6 +22,9 @@ class Ledger(Tables):
 
         Only when the issue leaves `approved`, in the same transaction: a resumed
         run sends to the audience as it was planned, not to later sign-ups.
+        Rows are numbered by topics, then subscriber: the dispatcher batches by
+        the variant the topics choose, so each batch it claims and records is a
+        contiguous run of ids (a few pages) instead of ids spread over the issue.
         """
         now = now_iso()
         with self.transaction() as conn:
@@ -30,7 +33,8 @@ class Ledger(Tables):
                 return 0
             cur = conn.execute("""INSERT OR IGNORE INTO deliveries (issue_id, subscriber_id, status, created_at, updated_at)
                                   SELECT ?, id, 'pending', ?, ? FROM subscribers
-                                  WHERE segment = ? AND cadence = ? AND status = 'active' ORDER BY id""",
+                                  WHERE segment = ? AND cadence = ? AND status = 'active'
+                                  ORDER BY topics, id""",
                                (issue_id, now, now, issue["segment"], issue["cadence"]))
             conn.execute("UPDATE issues SET status = 'sending' WHERE id = ?", (issue_id,))
             return cur.rowcount
@@ -59,23 +63,26 @@ class Ledger(Tables):
                 conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
 
-    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[dict[str, Any]]]:
+    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[tuple]]:
         """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
 
-        The unary `+` keeps SQLite on the rowid range (an issue's rows are
+        Each row a plain tuple (delivery_id, subscriber_id, email, name, topics, status): this runs
+        once per recipient. The unary `+` keeps SQLite on the rowid range (an issue's rows are
         contiguous by id) instead of re-reading the issue's whole index per page.
         """
         after = 0
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
         while True:
-            rows = self.conn.execute("""
-                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status
+            rows = cursor.execute("""
+                SELECT d.id, d.subscriber_id, s.email, s.name, s.topics, s.status
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
                 ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
             if not rows:
                 return
-            after = rows[-1]["delivery_id"]
-            yield [dict(r) for r in rows]
+            after = rows[-1][0]
+            yield rows
 
     def mark_deliveries(self, ids: Sequence[int], status: str, *, provider_id: str | None = None,
                         error: str | None = None, expect: str | None = None) -> int:
@@ -192,6 +199,11 @@ class Ledger(Tables):
                              FROM deliveries d JOIN issues i ON i.id = d.issue_id
                              WHERE d.status IN ('unknown', 'failed')
                              GROUP BY i.kind, 1, d.status ORDER BY i.kind, 1""")
+
+    def ledger_bytes(self) -> int:
+        """Bytes the deliveries table and its indexes take in the database file (SQLite's dbstat)."""
+        return self.conn.execute("""SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN
+                                    (SELECT name FROM sqlite_master WHERE tbl_name = 'deliveries')""").fetchone()[0]
 
     def already_received(self, issue_id: int) -> dict[int, frozenset[str]]:
         """For readers of this issue who changed segment or cadence: the slugs other issues brought them."""

@@ -1,0 +1,50 @@
+"""The benchmark's floor: the least work any correct writer of the SendGrid request bodies must do,
+timed beside the messenger's own encoder on the same recipients, so `bench` can say how far above it we are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from json.encoder import encode_basestring_ascii as _q  # the C encoder, as encode_payload uses
+from typing import Sequence
+
+from .messengers.sendgrid import _common_json, encode_payload, split_requests
+from .model import PLACEHOLDERS, Envelope, Outcome, Rendered, Sender
+
+
+def floor_body(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender) -> str:
+    """Not a valid body: what every valid one costs at least. Each recipient's own strings (address, name,
+    the four values, the unsubscribe link) quoted by the C encoder, its two ids written, all copied once
+    into one string, with the shared part (encoded once per variant, as the messenger does) after them."""
+    k1, k2, k3, k4 = PLACEHOLDERS
+    own = [(_q(e.email), _q(e.name), _q((v := e.values)[k1]), _q(v[k2]), _q(v[k3]), _q(v[k4]),
+            _q(e.unsubscribe_url), str(e.subscriber_id), str(e.delivery_id)) for e in envelopes]
+    return "".join(itertools.chain.from_iterable(own)) + _common_json(rendered, sender, 0, False)
+
+
+class FloorMessenger:
+    """Writes each SendGrid request body twice, sending nothing: with encode_payload (what the sendgrid
+    messenger posts) and at the floor (floor_body); times each alone."""
+    name = "json"
+    batch_size = 1000
+
+    def __init__(self, sender: Sender):
+        self.sender = sender
+        self.encode_seconds = 0.0
+        self.floor_seconds = 0.0
+        self.requests = 0
+
+    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        for chunk in split_requests(envelopes):
+            started = time.perf_counter()
+            encode_payload(rendered, chunk, self.sender)
+            encoded = time.perf_counter()
+            floor_body(rendered, chunk, self.sender)
+            self.floor_seconds += time.perf_counter() - encoded
+            self.encode_seconds += encoded - started
+            self.requests += 1
+        return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id="json")]
+
+    def close(self) -> None:
+        pass
