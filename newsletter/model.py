@@ -6,6 +6,8 @@ another stage (a messenger needs `Rendered`, not Jinja, MJML and premailer).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html as htmllib
 import re
 from dataclasses import dataclass, field
@@ -117,6 +119,20 @@ class Outcome:
     delivery_ids: list[int]
     provider_id: str | None = None
     error: str | None = None
+
+
+# -- keyed codes ---------------------------------------------------------------
+
+def derive_key(secret: str, purpose: str) -> bytes:
+    """A key of its own for each use of NEWSLETTER_SECRET (list codes, the suppression list), so one
+    value never tells anything about another."""
+    return hmac.new(secret.encode(), f"newsletter {purpose}".encode(), hashlib.sha256).digest()
+
+
+def list_code(key: bytes, segment: str, cadence: str) -> str:
+    """The opaque name of a (segment, cadence) list that third parties see: nobody without the key can tell
+    which segment it is, so the code reveals no diagnosis."""
+    return "l" + hmac.new(key, f"{segment}\x00{cadence}".encode(), hashlib.sha256).hexdigest()[:15]
 
 
 @dataclass

@@ -77,7 +77,8 @@ def test_real_issues_are_accepted_by_the_contract(prism_site, monkeypatch):
         assert payload["mail_settings"] == {"sandbox_mode": {"enable": True}}
         assert payload["reply_to"] == {"email": "editors@example.org"}
         issue = ctx.store.get_issue(int(payload["custom_args"]["issue_id"]))
-        assert issue["segment"] in payload["categories"]
+        assert issue["segment"] not in json.dumps(payload["categories"]) + json.dumps(payload["custom_args"])
+        assert payload["categories"] == [payload["custom_args"]["list"]]
         html = payload["content"][1]["value"]
         for p in payload["personalizations"]:
             row = by_delivery[int(p["custom_args"]["delivery_id"])]

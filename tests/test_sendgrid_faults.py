@@ -38,6 +38,7 @@ class Seen:
     recipients: int
     delivery_ids: list[int]
     message_id: str | None
+    body: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -67,8 +68,8 @@ class StubHandler(BaseHTTPRequestHandler):
             number = len(self.stub.seen) + 1
             seen = Seen(status=0 if answer == "slow" else int(answer), emails=emails,
                         personalizations=len(personalizations), recipients=len(emails),
-                        delivery_ids=[int(p["custom_args"]["delivery_id"]) for p in personalizations],
-                        message_id=f"stub-msg-{number}" if answer == "202" else None)
+                        delivery_ids=[int(p["custom_args"]["delivery_id"]) for p in personalizations if "custom_args" in p],
+                        message_id=f"stub-msg-{number}" if answer == "202" else None, body=body)
             self.stub.seen.append(seen)
         if answer == "slow":  # the request arrived whole; the answer never comes in time
             self.stub.release.wait(10)
