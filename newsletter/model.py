@@ -121,6 +121,21 @@ class Outcome:
     error: str | None = None
 
 
+#: The fields of a provider event we use (verdicts, reports, the ledger); everything else (the reader's IP and
+#: user agent, the URL they clicked, SendGrid's own bookkeeping) is dropped before an event is stored.
+EVENT_FIELDS = ("event", "sg_event_id", "sg_message_id", "timestamp", "type", "reason", "status", "classification",
+                "bounce_classification", "issue_id", "subscriber_id", "delivery_id")
+
+
+def kept_event_fields(event: object) -> object:
+    """An event (or a list of them) with only EVENT_FIELDS; anything that is not an object is kept as it is."""
+    if isinstance(event, dict):
+        return {key: value for key, value in event.items() if key in EVENT_FIELDS}
+    if isinstance(event, list):
+        return [kept_event_fields(item) for item in event]
+    return event
+
+
 # -- keyed codes ---------------------------------------------------------------
 
 def derive_key(secret: str, purpose: str) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .audit import AuditLog
 from .bounces import Bounces
-from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
+from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, email_hash, now_iso
 from .consent import CONSENT_METHODS, Consent
 from .directory import Directory, Refused, next_string, search_key, subscriber_target
 from .editor_secrets import EditorSecrets
@@ -22,7 +22,7 @@ from .migrations import migrations
 from .reading import Reading
 from .reports import Reports
 from .signups import NOT_BY_LINK, Signups
-from .subscribers import Subscribers, email_hash
+from .subscribers import Subscribers
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 from .throttles import Attempt, Limit, Throttles
 from .welcomes import Welcomes

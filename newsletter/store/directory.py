@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from .audit import AuditLog
 from .connection import conditions, decode_topics, now_iso
-from .subscribers import AUDIENCE_CHANGED, Subscribers, email_hash
+from .subscribers import AUDIENCE_CHANGED, Subscribers
 
 #: Characters below which a search is a prefix search (a trigram needs three).
 TRIGRAM = 3
@@ -175,7 +175,7 @@ class Directory(Subscribers, AuditLog):
             new = "active" if old["confirmed_at"] else "pending"
             conn.execute("UPDATE subscribers SET status = ?, updated_at = ?, unsubscribed_at = NULL WHERE id = ?",
                          (new, now, subscriber_id))  # its trigger forgets the manual suppression
-            conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(old["email"]),))
+            conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (self.suppression_hash(old["email"]),))
             self._audit(conn, actor, "subscriber.lift", subscriber_id, {"status": [status, new]})
         return new
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Iterable
 
@@ -14,10 +13,6 @@ AUDIENCE_CHANGED = ("audience_changed_at = CASE WHEN segment != ? OR cadence != 
                     "ELSE audience_changed_at END")
 
 
-def email_hash(email: str) -> str:
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
-
-
 class Subscribers(Tables):
     def get_subscriber(self, email: str | None = None, id: int | None = None) -> dict[str, Any] | None:
         if id is not None:
@@ -27,7 +22,7 @@ class Subscribers(Tables):
         return decode_topics(rows[0]) if rows else None
 
     def is_suppressed(self, email: str) -> bool:
-        return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(email),)))
+        return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (self.suppression_hash(email),)))
 
     def upsert_subscribers(self, records: Iterable[dict[str, Any]]) -> dict[str, int]:
         """Add or update subscribers in one transaction.
@@ -44,7 +39,7 @@ class Subscribers(Tables):
                                         (rec["email"],)).fetchone()
                 status = rec.get("status") or (existing["status"] if existing else "pending")
                 suppressed = existing["status"] in SUPPRESSED if existing else bool(conn.execute(
-                    "SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(rec["email"]),)).fetchone())
+                    "SELECT 1 FROM suppressions WHERE email_hash = ?", (self.suppression_hash(rec["email"]),)).fetchone())
                 if suppressed and status not in SUPPRESSED:
                     status = existing["status"] if existing else "unsubscribed"
                     counts["kept_suppressed"] += 1
@@ -104,7 +99,7 @@ class Subscribers(Tables):
             if status == "active":
                 row = conn.execute("SELECT email FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
                 if row:
-                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(row["email"]),))
+                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (self.suppression_hash(row["email"]),))
 
     def update_preferences(self, subscriber_id: int, segment: str, cadence: str, topics: list[str]) -> None:
         now = now_iso()
@@ -126,8 +121,8 @@ class Subscribers(Tables):
             # Provider events stay (so a webhook retry is still a replay) but lose who they were about.
             conn.execute("UPDATE events SET email = NULL, subscriber_id = NULL, payload = '{}' "
                          "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, row["id"]))
-            conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at) VALUES (?, ?, ?)",
-                         (email_hash(email), reason, now_iso()))
+            conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at, keyed) VALUES (?, ?, ?, 1)",
+                         (self.suppression_hash(email), reason, now_iso()))
         return True
 
     def subscribers(self, segment: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
