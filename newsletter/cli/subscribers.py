@@ -9,6 +9,7 @@ import click
 
 from ..context import Context
 from ..model import SUBSCRIBER_STATUSES
+from ..retention import erase
 from ..segments import CADENCES
 from ..sources.imports import FIELDS, LAYOUTS, known_topics, parse_map, read_import_file
 from ..sources.subscribers import clean_subscriber, normalise_email, write_csv
@@ -149,6 +150,7 @@ def subscribers_list(ctx: Context, segment: str | None, status: str | None) -> N
 def subscribers_remove(ctx: Context, email: str) -> None:
     """Delete a subscriber's data; the address stays suppressed so no import re-adds it."""
     address = normalise_email(email)
-    if not ctx.store.remove_subscriber(address):
+    erased = erase(ctx.config, ctx.store, address)
+    if erased is None:
         raise click.ClickException(f"{address}: no such subscriber")
-    click.echo(f"removed {address}")
+    click.echo(f"removed {address} (and {erased['outbox_messages']} message(s) to it in the outbox)")

@@ -42,6 +42,19 @@ def messenger_from_config(config: Any) -> Messenger:
     raise ValueError(f"backend: unknown {config.backend!r}")
 
 
+def erase_from_outbox(config: Any, address: str) -> int:
+    """Remove the messages to an erased reader from the Maildir outbox, if the site has one; how many went."""
+    from pathlib import Path
+    if not Path(config.outbox).is_dir():
+        return 0
+    from .maildir import MaildirMessenger
+    messenger = MaildirMessenger(config.outbox, sender_from_config(config))
+    try:
+        return messenger.remove_messages_to(address)
+    finally:
+        messenger.close()
+
+
 def send_notice(config: Any, notice: Notice, messenger: Messenger | None = None) -> Outcome:
     """Send one notice through the configured backend and close it."""
     messenger = messenger or messenger_from_config(config)

@@ -21,6 +21,7 @@ from .ledger import Ledger
 from .migrations import migrations
 from .reading import Reading
 from .reports import Reports
+from .retention import Retention
 from .signups import NOT_BY_LINK, Signups
 from .subscribers import Subscribers
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
@@ -32,6 +33,7 @@ class Store(
     Feeds,
     Summaries,
     Consent,
+    Retention,
     Directory,
     Subscribers,
     Signups,
@@ -54,8 +56,8 @@ class Store(
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Signups",
-    "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
+    "Events", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Retention",
+    "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "next_string", "now_iso",
     "reading_hold", "search_key", "subscriber_target",
 ]

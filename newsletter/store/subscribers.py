@@ -13,6 +13,11 @@ AUDIENCE_CHANGED = ("audience_changed_at = CASE WHEN segment != ? OR cadence != 
                     "ELSE audience_changed_at END")
 
 
+def subscriber_target(subscriber_id: int) -> str:
+    """How the audit log names a subscriber."""
+    return f"subscriber:{subscriber_id}"
+
+
 class Subscribers(Tables):
     def get_subscriber(self, email: str | None = None, id: int | None = None) -> dict[str, Any] | None:
         if id is not None:
@@ -108,21 +113,34 @@ class Subscribers(Tables):
                              updated_at = ? WHERE id = ?""",
                          (segment, cadence, now, segment, cadence, json.dumps(topics), now, subscriber_id))
 
-    def remove_subscriber(self, email: str, reason: str = "removed") -> bool:
-        """Delete the person's data (events anonymised), keeping only a hash so no import re-adds them."""
+    def remove_subscriber(self, email: str, reason: str = "removed", suppress: bool = True) -> bool:
+        """Erase the person: their row and consent go, and every other row that named them is removed or keeps
+        nothing that identifies them; only a keyed hash stays (unless not `suppress`: a sign-up never confirmed)
+        so no import re-adds them. With secure_delete on (connection.py) the freed bytes are overwritten too."""
         with self.transaction() as conn:
             row = conn.execute("SELECT id FROM subscribers WHERE email = ?", (email,)).fetchone()
             if row is None:
                 return False
-            conn.execute("DELETE FROM deliveries WHERE subscriber_id = ? AND status = 'pending'", (row["id"],))
-            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id WHERE subscriber_id = ?",
-                         (row["id"],))
-            conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
+            sid = row["id"]
+            conn.execute("DELETE FROM deliveries WHERE subscriber_id = ? AND status = 'pending'", (sid,))
+            # The ledger keeps that a message went out (counts), not to whom nor the relay's words about it.
+            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id, provider_id = NULL, error = NULL "
+                         "WHERE subscriber_id = ?", (sid,))
+            for table in ("consent_records", "soft_bounces", "manual_suppressions"):
+                conn.execute(f"DELETE FROM {table} WHERE subscriber_id = ?", (sid,))
+            conn.execute("UPDATE bounce_reports SET subscriber_id = NULL, delivery_id = NULL WHERE subscriber_id = ?",
+                         (sid,))
+            conn.execute("DELETE FROM subscribers WHERE id = ?", (sid,))
+            conn.execute("INSERT INTO subscriber_search (subscriber_search) VALUES ('optimize')")  # drops old terms
             # Provider events stay (so a webhook retry is still a replay) but lose who they were about.
             conn.execute("UPDATE events SET email = NULL, subscriber_id = NULL, payload = '{}' "
-                         "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, row["id"]))
-            conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at, keyed) VALUES (?, ?, ?, 1)",
-                         (self.suppression_hash(email), reason, now_iso()))
+                         "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, sid))
+            conn.execute("DELETE FROM rejected_events WHERE instr(lower(payload), lower(?))", (email,))
+            conn.execute("UPDATE audit_log SET detail = '{}' WHERE target = ? OR instr(lower(detail), lower(?))",
+                         (subscriber_target(sid), email))
+            if suppress:
+                conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at, keyed) "
+                             "VALUES (?, ?, ?, 1)", (self.suppression_hash(email), reason, now_iso()))
         return True
 
     def subscribers(self, segment: str | None = None, status: str | None = None) -> list[dict[str, Any]]:

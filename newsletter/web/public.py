@@ -16,6 +16,7 @@ from flask import (Blueprint, Response, abort, flash, make_response, redirect, r
                    url_for)
 
 from ..model import SUPPRESSED, Notice
+from ..retention import erase
 from ..segments import CADENCES
 from ..sources.subscribers import SubscriberError, normalise_email
 from ..store import NOT_BY_LINK, now_iso
@@ -272,7 +273,9 @@ def delete_page(preferences_token: str) -> Any:
 @bp.post("/p/<preferences_token>/delete")
 def delete(preferences_token: str) -> Any:
     subscriber = subscriber_for("preferences", preferences_token)
-    get_ctx().store.remove_subscriber(subscriber["email"], reason="deleted by the subscriber")
+    state = web_state()
+    erase(state.config, get_ctx().store, subscriber["email"], reason="deleted by the subscriber")
+    state.limiter.forget(get_ctx().store, subscriber["email"])
     return render_template("public/deleted.html")
 
 
