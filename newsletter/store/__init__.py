@@ -15,6 +15,7 @@ from .directory import Directory, Refused, next_string, search_key, subscriber_t
 from .editor_secrets import EditorSecrets
 from .editor_sessions import EditorSessions
 from .events import Events
+from .export import Export
 from .feeds import NOTICE_AFTER, Feeds
 from .issues import TRANSITIONS, Issues, may_send, reading_hold
 from .ledger import Ledger
@@ -40,6 +41,7 @@ class Store(
     Issues,
     Ledger,
     Events,
+    Export,
     Bounces,
     Reports,
     Throttles,
@@ -56,7 +58,7 @@ class Store(
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Retention",
+    "Events", "Export", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Retention",
     "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "next_string", "now_iso",
     "reading_hold", "search_key", "subscriber_target",
