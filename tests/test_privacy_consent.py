@@ -108,3 +108,28 @@ def test_the_privacy_page_is_built_from_the_settings_and_linked_from_every_page(
         assert needed in html, needed
     assert 'href="/privacy"' in web.get("/").get_data(as_text=True)
     assert 'href="/privacy"' in web.get("/archive").get_data(as_text=True)
+
+
+def test_the_real_backends_skip_readers_without_consent_unless_the_list_predates_it(make_site, prism, runner,
+                                                                                   monkeypatch):
+    from newsletter.digest import DigestRunner
+    from newsletter.dispatch import NO_CONSENT
+    from tests.conftest import SAMPLE_NOW, load_samples
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.test-key")
+    ctx = make_site("gate", backend="sendgrid", sendgrid_host=prism.url)
+    load_samples(ctx)  # with their consent
+    ctx.store.upsert_subscribers([{"email": "old-list@example.org", "segment": "patients", "status": "active"}])
+    status = runner.invoke(cli, ["--config", str(ctx.config.source), "status"])
+    assert "Without consent: 1 active subscriber(s)" in status.output
+    DigestRunner(ctx.config, ctx.store, ctx.segments).run("weekly", SAMPLE_NOW)
+    rows = {r["email"]: r for r in ctx.store.deliveries()}
+    assert (rows["old-list@example.org"]["status"], rows["old-list@example.org"]["error"]) == ("skipped", NO_CONSENT)
+    assert {r["status"] for e, r in rows.items() if e != "old-list@example.org"} <= {"sent", "skipped"}
+    assert any(r["status"] == "sent" for r in rows.values())
+
+    legacy = make_site("legacy", backend="sendgrid", sendgrid_host=prism.url, legacy_consent=True)
+    load_samples(legacy)
+    legacy.store.upsert_subscribers([{"email": "old-list@example.org", "segment": "patients", "status": "active"}])
+    assert "Without consent" not in runner.invoke(cli, ["--config", str(legacy.config.source), "status"]).output
+    DigestRunner(legacy.config, legacy.store, legacy.segments).run("weekly", SAMPLE_NOW)
+    assert {r["email"]: r for r in legacy.store.deliveries()}["old-list@example.org"]["status"] == "sent"

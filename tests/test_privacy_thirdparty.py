@@ -25,8 +25,10 @@ def every_audience(ctx) -> None:
     load_samples(ctx)
     topics = list(ctx.topics.names)
     audiences = [(seg, cad) for seg in ctx.segments for cad in ("weekly", "monthly")]
-    ctx.store.upsert_subscribers([{"email": f"reader-{n}@example.org", "name": "", "segment": seg, "cadence": cad,
-                                   "topics": topics, "status": "active"} for n, (seg, cad) in enumerate(audiences)])
+    ctx.store.upsert_subscribers_with_consent([
+        {"email": f"reader-{n}@example.org", "name": "", "segment": seg, "cadence": cad, "topics": topics,
+         "status": "active", "consent": {"method": "cli", "basis": "test readers"}}
+        for n, (seg, cad) in enumerate(audiences)])
 
 
 def forbidden(ctx) -> list[str]:

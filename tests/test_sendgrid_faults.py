@@ -120,7 +120,7 @@ def stub():
 @pytest.fixture
 def crowd(make_site, stub):
     """A site whose 2500 active weekly patients make one issue of three requests."""
-    ctx = make_site(backend="sendgrid", sendgrid_host=stub.url)
+    ctx = make_site(backend="sendgrid", legacy_consent=True, sendgrid_host=stub.url)
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     ctx.store.upsert_subscribers([{"email": f"person{i:05d}@example.org", "name": f"Person {i}" if i % 2 else "",
                                    "segment": "patients", "cadence": "weekly", "topics": [], "status": "active"}

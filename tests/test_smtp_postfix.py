@@ -74,7 +74,7 @@ def test_without_the_ca_file_or_without_tls_one_clear_line_and_nothing_sent(make
     assert lines == [f"Error: smtp: 127.0.0.1:{postfix_relay.port}: TLS certificate not trusted: unable to get "
                      "local issuer certificate (set smtp_ca_file to the CA bundle that signed it)"]
 
-    plain = make_site("plain", backend="smtp", smtp_host=postfix_relay.host, smtp_port=postfix_relay.port,
+    plain = make_site("plain", backend="smtp", legacy_consent=True, smtp_host=postfix_relay.host, smtp_port=postfix_relay.port,
                       smtp_security="none")
     plain.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     plain.store.upsert_subscribers([{"email": "one@example.org", "segment": "patients", "cadence": "weekly",

@@ -505,7 +505,7 @@ def test_send_a_test_to_an_address(editor, drafts):
 
 
 def test_send_a_test_reports_a_transport_failure(drafts, make_app):
-    client = make_app(drafts, backend="smtp", smtp_host="127.0.0.1", smtp_port=free_port(),
+    client = make_app(drafts, backend="smtp", legacy_consent=True, smtp_host="127.0.0.1", smtp_port=free_port(),
                       smtp_security="none", smtp_timeout=2.0).test_client()
     login(client)
     token = form_token(client, "/editor/issues/1")
@@ -647,7 +647,7 @@ def test_subscribe_answers_503_when_the_confirmation_cannot_be_sent(drafts, make
 
 
 def test_confirmation_over_smtp_reaches_the_server(drafts, make_app, smtp_server):
-    client = make_app(drafts, backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port,
+    client = make_app(drafts, backend="smtp", legacy_consent=True, smtp_host=smtp_server.host, smtp_port=smtp_server.port,
                       smtp_security="none").test_client()
     assert subscribe(client).status_code == 200
     assert smtp_server.wait_for(1, 10)
@@ -659,14 +659,14 @@ def test_confirmation_over_smtp_reaches_the_server(drafts, make_app, smtp_server
 
 def test_confirmation_through_sendgrid_passes_its_contract(make_site, make_app, prism, monkeypatch):
     monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
-    ctx = make_site("sg", backend="sendgrid", sendgrid_host=prism.url)
+    ctx = make_site("sg", backend="sendgrid", legacy_consent=True, sendgrid_host=prism.url)
     client = make_app(ctx).test_client()
     assert subscribe(client, topics=[]).status_code == 200  # Prism answers 400 to a body outside the contract
     assert ctx.store.get_subscriber("reader@example.org")["status"] == "pending"
 
 
 def test_confirmation_through_sendgrid_without_a_key_is_a_503(make_site, make_app, prism):
-    ctx = make_site("sg", backend="sendgrid", sendgrid_host=prism.url)
+    ctx = make_site("sg", backend="sendgrid", legacy_consent=True, sendgrid_host=prism.url)
     assert subscribe(make_app(ctx).test_client(), topics=[]).status_code == 503
 
 

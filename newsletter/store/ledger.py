@@ -68,7 +68,8 @@ class Ledger(Tables):
         after = 0
         while True:
             rows = self.conn.execute("""
-                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status
+                SELECT d.id AS delivery_id, d.subscriber_id, s.email, s.name, s.topics, s.status,
+                       EXISTS (SELECT 1 FROM consent_records c WHERE c.subscriber_id = d.subscriber_id) AS consented
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
                 ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
