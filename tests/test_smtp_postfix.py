@@ -25,7 +25,7 @@ SEGMENTS = ("patients", "caregivers", "clinicians")
 
 
 def relay_site(make_site, relay, count: int, segments=SEGMENTS, **overrides):
-    ctx = make_site(**{"backend": "smtp", "smtp_host": relay.host, "smtp_port": relay.port,
+    ctx = make_site(**{"backend": "smtp", "legacy_consent": True, "smtp_host": relay.host, "smtp_port": relay.port,
                        "smtp_security": "starttls", "smtp_ca_file": str(relay.tls.ca), **overrides})
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     ctx.store.upsert_subscribers([{"email": f"reader{i:04d}@example.org", "name": f"Reader {i}",
