@@ -79,7 +79,8 @@ def render_welcome(renderer: Renderer, *, issue_id: int, segment: Segment, caden
         "preheader": f"Your first {cadence} digest is due on {due}.",
         "disclaimer": renderer.disclaimer(), "postal_address": renderer.postal_address,
         "unsubscribe_url": f"{site}/u/{markers[UNSUB_TOKEN]}", "preferences_url": f"{site}/p/{markers[PREFS_TOKEN]}",
-        "privacy_url": f"{site}/privacy", "greeting_html": markers[GREETING_HTML], "greeting_text": markers[GREETING_TEXT],
+        "privacy_url": f"{site}/privacy",
+        "greeting_html": markers[GREETING_HTML], "greeting_text": markers[GREETING_TEXT],
     }
     text = finish(neutralise_text, renderer.template("welcome.txt", context), markers)
     try:

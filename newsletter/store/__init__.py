@@ -58,8 +58,8 @@ class Store(
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Export", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports", "Retention",
-    "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
+    "Events", "Export", "Feeds", "ImportCounts", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports",
+    "Retention", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "email_hash", "may_send", "migrations", "next_string", "now_iso",
     "reading_hold", "search_key", "subscriber_target",
 ]

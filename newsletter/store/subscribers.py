@@ -44,7 +44,8 @@ class Subscribers(Tables):
                                         (rec["email"],)).fetchone()
                 status = rec.get("status") or (existing["status"] if existing else "pending")
                 suppressed = existing["status"] in SUPPRESSED if existing else bool(conn.execute(
-                    "SELECT 1 FROM suppressions WHERE email_hash = ?", (self.suppression_hash(rec["email"]),)).fetchone())
+                    "SELECT 1 FROM suppressions WHERE email_hash = ?",
+                    (self.suppression_hash(rec["email"]),)).fetchone())
                 if suppressed and status not in SUPPRESSED:
                     status = existing["status"] if existing else "unsubscribed"
                     counts["kept_suppressed"] += 1
@@ -104,7 +105,8 @@ class Subscribers(Tables):
             if status == "active":
                 row = conn.execute("SELECT email FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
                 if row:
-                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (self.suppression_hash(row["email"]),))
+                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?",
+                                 (self.suppression_hash(row["email"]),))
 
     def update_preferences(self, subscriber_id: int, segment: str, cadence: str, topics: list[str]) -> None:
         now = now_iso()
@@ -151,7 +153,7 @@ class Subscribers(Tables):
         return {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM subscribers GROUP BY status")}
 
     def subscriber_history(self, subscriber_id: int, email: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """What a subscriber's data download holds besides their row: deliveries and provider events."""
+        """A subscriber's deliveries and provider events, for the editors' page about them."""
         deliveries = self.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
                                           d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
                                    FROM deliveries d JOIN issues i ON i.id = d.issue_id
