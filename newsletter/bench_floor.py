@@ -9,7 +9,7 @@ import time
 from json.encoder import encode_basestring_ascii as _q  # the C encoder, as encode_payload uses
 from typing import Sequence
 
-from .messengers.sendgrid import _common_json, encode_payload, split_requests
+from .messengers.sendgrid import NO_TRACKING, _common_json, encode_payload, split_requests
 from .model import PLACEHOLDERS, Envelope, Outcome, Rendered, Sender
 
 
@@ -20,7 +20,7 @@ def floor_body(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender
     k1, k2, k3, k4 = PLACEHOLDERS
     own = [(_q(e.email), _q(e.name), _q((v := e.values)[k1]), _q(v[k2]), _q(v[k3]), _q(v[k4]),
             _q(e.unsubscribe_url), str(e.subscriber_id), str(e.delivery_id)) for e in envelopes]
-    return "".join(itertools.chain.from_iterable(own)) + _common_json(rendered, sender, 0, False)
+    return "".join(itertools.chain.from_iterable(own)) + _common_json(rendered, sender, 0, False, NO_TRACKING)
 
 
 class FloorMessenger:

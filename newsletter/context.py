@@ -25,11 +25,11 @@ class Context:
 
     @functools.cached_property
     def store(self) -> Store:
-        return Store(self.config.database)
+        return Store(self.config.database, secret=self.config.secret)
 
     def create_store(self) -> Store:
         """Open the database, creating it when missing or empty: what `newsletter init` does, and only it."""
-        store = self.__dict__["store"] = Store(self.config.database, create=True)
+        store = self.__dict__["store"] = Store(self.config.database, create=True, secret=self.config.secret)
         return store
 
     @functools.cached_property

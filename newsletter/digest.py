@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .dispatch import Dispatcher, Tally
+from .dispatch import Dispatcher, Tally, requires_consent
 from .messengers import messenger_from_config
 from .model import Messenger, VariantFor
 from .render import Renderer, issue_variants
@@ -165,7 +165,8 @@ class DigestRunner:
         messenger = self.messenger_factory()
         dispatcher = Dispatcher(self.store, messenger, tokens, self.config.site_url,
                                 rate_limit=self.config.rate_limit, on_progress=self.on_progress,
-                                on_start=self.on_issue, retry_deferred_days=self.config.retry_deferred_days)
+                                on_start=self.on_issue, retry_deferred_days=self.config.retry_deferred_days,
+                                require_consent=requires_consent(self.config))
         try:
             for issue in issues:
                 tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,

@@ -30,6 +30,9 @@ from .tokens import Tokens
 
 #: Transient failures in a row that stop the run (the circuit breaker).
 BREAKER_AFTER = 3
+#: Why the real backends skip a reader (unless the site says its list predates consent records)
+NO_CONSENT = "no consent record: smtp and sendgrid send only to people whose consent is recorded " \
+             "(set legacy_consent = yes if this list predates consent records)"
 FIRST_RETRY = 300.0  # seconds; the ten-minute cron line picks a first deferral up at its next run
 LONGEST_RETRY = 4 * 3600.0
 
@@ -71,6 +74,14 @@ class Tally:
                 + (f" ({self.interrupted} left unknown by an interrupted run)" if self.interrupted else ""))
 
 
+#: Backends that hand mail to someone else: they need each reader's consent on record
+REAL_BACKENDS = ("smtp", "sendgrid")
+
+
+def requires_consent(config: Any) -> bool:
+    return config.backend in REAL_BACKENDS and not config.legacy_consent
+
+
 class _Tripped(Exception):
     """The breaker: BREAKER_AFTER transient failures in a row; carries the last reason."""
 
@@ -97,8 +108,9 @@ class Dispatcher:
     def __init__(self, store: Ledger, messenger: Messenger, tokens: Tokens, site_url: str, *,
                  rate_limit: float = 0.0, on_progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int, int], None] | None = None, limiter: RateLimiter | None = None,
-                 retry_deferred_days: float = 3.0):
+                 retry_deferred_days: float = 3.0, require_consent: bool = False):
         self.store, self.messenger, self.tokens = store, messenger, tokens
+        self.require_consent = require_consent  # the real backends send only to people with a consent record
         self.retry_for = retry_deferred_days * 86400
         self.transient_in_a_row = 0
         self.returned = 0  # deliveries a messenger gave back untried in this pass
@@ -153,10 +165,13 @@ class Dispatcher:
         received = self.store.already_received(issue_id)  # only readers who changed audience: few
         size = self.messenger.batch_size
         for rows in self.store.pending_batches(issue_id, size):
-            skipped_inactive, skipped_topics = [], []
-            for delivery_id, sid, email, name, raw_topics, status in rows:
+            skipped_inactive, skipped_topics, skipped_consent = [], [], []
+            for delivery_id, sid, email, name, raw_topics, status, consented in rows:
                 if status != "active":  # unsubscribed, bounced or removed since planning
                     skipped_inactive.append(delivery_id)
+                    continue
+                if self.require_consent and not consented:
+                    skipped_consent.append(delivery_id)
                     continue
                 raw_topics = raw_topics or "[]"
                 if sid in received:
@@ -176,8 +191,10 @@ class Dispatcher:
             self.store.mark_deliveries(skipped_inactive, "skipped", error="subscriber no longer active", expect="pending")
             self.store.mark_deliveries(skipped_topics, "skipped", expect="pending",
                                        error="no summaries left: none match the topics, or all came in another digest")
-            tally.skipped += len(skipped_inactive) + len(skipped_topics)
-            self.on_progress(len(skipped_inactive) + len(skipped_topics))
+            self.store.mark_deliveries(skipped_consent, "skipped", error=NO_CONSENT, expect="pending")
+            skipped = len(skipped_inactive) + len(skipped_topics) + len(skipped_consent)
+            tally.skipped += skipped
+            self.on_progress(skipped)
         for rendered, envelopes in buffers.values():
             self._flush(rendered, envelopes, tally)
 

@@ -18,6 +18,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from .model import kept_event_fields
 from .sources.bounces import Report, parse_report, verp_deliveries
 
 log = logging.getLogger("newsletter.feedback")
@@ -231,7 +232,7 @@ def record_events(store: Any, provider: str, events: list[Any]) -> dict[str, int
     for event in events:
         reason = rejection(event)
         if reason is not None:
-            store.record_rejected_event(provider, reason, event)
+            store.record_rejected_event(provider, reason, kept_event_fields(event))
             counts["ignored"] += 1
             continue
         event_id, kind = event["sg_event_id"], event["event"]
@@ -243,7 +244,7 @@ def record_events(store: Any, provider: str, events: list[Any]) -> dict[str, int
             counts["applied"] += 1
         record = {"event_id": event_id, "type": kind, "email": _email(event),
                   "issue_id": _int(event.get("issue_id")), "subscriber_id": _int(event.get("subscriber_id")),
-                  "occurred_at": when, "payload": event}
+                  "occurred_at": when, "payload": kept_event_fields(event)}  # no IP, no user agent
         if store.record_event(provider, record):
             counts["stored"] += 1
         else:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from .dispatch import requires_consent
 from .messengers import messenger_from_config, send_notice
 from .model import OPEN_DELIVERY, Envelope, Messenger, Notice, recipient_values
 from .render import variants_of
@@ -151,6 +152,7 @@ class Status:
     partly_sent: list[Progress]
     bounces: dict[int, dict[str, int]] = field(default_factory=dict)  # issue -> hard, soft, complaint
     failing_feeds: list[dict[str, Any]] = field(default_factory=list)  # feeds whose last poll failed
+    unconsented: int = 0  # active subscribers the real backends skip: no consent record, no legacy_consent
 
 
 def status(ctx: Any) -> Status:
@@ -159,4 +161,6 @@ def status(ctx: Any) -> Status:
     st = Status(store.latest_issues(), store.delivery_counts(), store.subscriber_counts(),
                 store.deliveries_needing_attention(), store.issues(status="draft"), partly, store.bounce_counts())
     st.failing_feeds = store.failing_feeds()
+    if requires_consent(ctx.config):
+        st.unconsented = store.active_without_consent()
     return st

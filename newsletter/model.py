@@ -6,6 +6,8 @@ another stage (a messenger needs `Rendered`, not Jinja, MJML and premailer).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html as htmllib
 import re
 from dataclasses import dataclass, field
@@ -121,6 +123,35 @@ class Outcome:
     delivery_ids: list[int]
     provider_id: str | None = None
     error: str | None = None
+
+
+#: The fields of a provider event we use (verdicts, reports, the ledger); everything else (the reader's IP and
+#: user agent, the URL they clicked, SendGrid's own bookkeeping) is dropped before an event is stored.
+EVENT_FIELDS = ("event", "sg_event_id", "sg_message_id", "timestamp", "type", "reason", "status", "classification",
+                "bounce_classification", "issue_id", "subscriber_id", "delivery_id")
+
+
+def kept_event_fields(event: object) -> object:
+    """An event (or a list of them) with only EVENT_FIELDS; anything that is not an object is kept as it is."""
+    if isinstance(event, dict):
+        return {key: value for key, value in event.items() if key in EVENT_FIELDS}
+    if isinstance(event, list):
+        return [kept_event_fields(item) for item in event]
+    return event
+
+
+# -- keyed codes ---------------------------------------------------------------
+
+def derive_key(secret: str, purpose: str) -> bytes:
+    """A key of its own for each use of NEWSLETTER_SECRET (list codes, the suppression list), so one
+    value never tells anything about another."""
+    return hmac.new(secret.encode(), f"newsletter {purpose}".encode(), hashlib.sha256).digest()
+
+
+def list_code(key: bytes, segment: str, cadence: str) -> str:
+    """The opaque name of a (segment, cadence) list that third parties see: nobody without the key can tell
+    which segment it is, so the code reveals no diagnosis."""
+    return "l" + hmac.new(key, f"{segment}\x00{cadence}".encode(), hashlib.sha256).hexdigest()[:15]
 
 
 @dataclass

@@ -65,6 +65,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sendgrid_sandbox", False, "Ask SendGrid to validate but not deliver (sandbox mode).", bool),
     Setting("sendgrid_asm_group_id", 0, "SendGrid unsubscribe group id (0 = none).", int),
     Setting("sendgrid_max_attempts", 5, "Attempts per SendGrid request on 429, 5xx and refused connections.", int),
+    Setting("track_opens", False, "Let SendGrid track opens (a pixel); reports show them only in aggregate.", bool),
+    Setting("track_clicks", False, "Let SendGrid rewrite links to track clicks; reports show them only in aggregate.",
+            bool),
     Setting("webhook_public_key", "", "SendGrid Event Webhook verification key (base64 ECDSA public key)."),
     Setting("bounce_mailbox", "", "Where bounces and complaints arrive: maildir:PATH, or imaps://USER@HOST[:PORT]/MAILBOX "
             "(imap:// uses STARTTLS); the IMAP password comes from NEWSLETTER_BOUNCE_PASSWORD."),
@@ -76,6 +79,17 @@ SETTINGS: tuple[Setting, ...] = (
             int),
     Setting("editors", {}, "Editor logins as a table: name = {hash, role} (set with `newsletter editors add`; a bare "
             "hash is read as role admin).", dict),
+    Setting("privacy_contact", "", "Where readers write about their data (an address or URL), named on /privacy."),
+    Setting("record_consent_ip", False, "Keep the network address a sign-up came from with its consent record.",
+            bool),
+    Setting("legacy_consent", False, "This list predates consent records: smtp and sendgrid may send to "
+            "subscribers who have none (otherwise they are skipped).", bool),
+    Setting("retention_events_days", 90, "Days provider events (webhooks) are kept before `newsletter purge` "
+            "removes them.", int),
+    Setting("retention_pending_days", 30, "Days a sign-up never confirmed is kept before `newsletter purge` "
+            "removes it.", int),
+    Setting("retention_erased_days", 0, "Days the delivery detail of an erased subscriber is kept (0 = none: "
+            "the ledger keeps counts, not people).", int),
     Setting("require_2fa_for_admins", False, "Admins must log in with a second factor (TOTP); an admin without one "
             "can only enrol until they do.", bool),
 )

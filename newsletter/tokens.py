@@ -1,7 +1,7 @@
 """Signed tokens for every public link that changes state.
 
 Each token is bound to one subscriber and one purpose (unsubscribe,
-preferences, confirm), HMAC-signed with NEWSLETTER_SECRET through itsdangerous.
+preferences, confirm, access), HMAC-signed with NEWSLETTER_SECRET through itsdangerous.
 The per-purpose key is derived once, so signing costs one HMAC per link: it
 runs for every recipient of every digest.
 """
@@ -14,8 +14,12 @@ import hmac
 
 from itsdangerous import BadSignature, Signer, SignatureExpired, TimestampSigner
 
-PURPOSES = ("unsubscribe", "preferences", "confirm")
+PURPOSES = ("unsubscribe", "preferences", "confirm", "access")
 CONFIRM_MAX_AGE = 7 * 24 * 3600
+#: A link to read or erase one's data is sent fresh to the address and works an hour: digests get forwarded.
+ACCESS_MAX_AGE = 3600
+#: Purposes whose tokens carry their time and expire
+MAX_AGE = {"confirm": CONFIRM_MAX_AGE, "access": ACCESS_MAX_AGE}
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -44,12 +48,12 @@ class Tokens:
         self._pads = {}
         for purpose in PURPOSES:
             key = hmac.new(secret.encode(), f"newsletter-link:{purpose}".encode(), hashlib.sha256).digest()
-            cls = TimestampSigner if purpose == "confirm" else Signer
+            cls = TimestampSigner if purpose in MAX_AGE else Signer
             self._signers[purpose] = cls(key, salt=purpose, key_derivation="none", digest_method=hashlib.sha256)
             self._pads[purpose] = _hmac_pads(key)
 
     def sign(self, purpose: str, subscriber_id: int) -> str:
-        if purpose == "confirm":
+        if purpose in MAX_AGE:
             return self._signers[purpose].sign(str(subscriber_id).encode()).decode()
         # Byte for byte what itsdangerous' Signer makes (tests compare them): this runs per recipient.
         value = str(subscriber_id).encode()
@@ -61,14 +65,14 @@ class Tokens:
         mac = binascii.b2a_base64(outer.digest(), newline=False)[:43].translate(_URLSAFE)
         return (value + b"." + mac).decode()
 
-    def verify(self, purpose: str, token: str, max_age: int = CONFIRM_MAX_AGE) -> int:
-        """The subscriber id the token was made for, or TokenError."""
+    def verify(self, purpose: str, token: str, max_age: int | None = None) -> int:
+        """The subscriber id the token was made for, or TokenError (an expiring purpose: by default MAX_AGE)."""
         signer = self._signers.get(purpose)
         if signer is None:
             raise TokenError(f"purpose: unknown {purpose!r}")
         try:
             if isinstance(signer, TimestampSigner):
-                value = signer.unsign(token.encode(), max_age=max_age)
+                value = signer.unsign(token.encode(), max_age=max_age or MAX_AGE[purpose])
             else:
                 value = signer.unsign(token.encode())
             return int(value)

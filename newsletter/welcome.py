@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import mjml
 
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, requires_consent
 from .messengers import messenger_from_config
 from .model import (GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, FatalSendError, Messenger, Outcome,
                     Rendered, neutralise_html, neutralise_text)
@@ -79,6 +79,7 @@ def render_welcome(renderer: Renderer, *, issue_id: int, segment: Segment, caden
         "preheader": f"Your first {cadence} digest is due on {due}.",
         "disclaimer": renderer.disclaimer(), "postal_address": renderer.postal_address,
         "unsubscribe_url": f"{site}/u/{markers[UNSUB_TOKEN]}", "preferences_url": f"{site}/p/{markers[PREFS_TOKEN]}",
+        "privacy_url": f"{site}/privacy",
         "greeting_html": markers[GREETING_HTML], "greeting_text": markers[GREETING_TEXT],
     }
     text = finish(neutralise_text, renderer.template("welcome.txt", context), markers)
@@ -123,7 +124,8 @@ def send_welcome(ctx: Any, subscriber_id: int, *, tokens: Tokens | None = None, 
     except FatalSendError as exc:
         return _failed(store, delivery_id, str(exc), expect="pending")
     try:
-        dispatcher = Dispatcher(store, messenger, tokens or Tokens(config.require_secret()), config.site_url)
+        dispatcher = Dispatcher(store, messenger, tokens or Tokens(config.require_secret()), config.site_url,
+                                require_consent=requires_consent(config))
         if not store.claim_for_sending([delivery_id], uuid.uuid4().hex[:12]):
             return Outcome("skipped", [delivery_id], error="subscriber no longer active")
         try:

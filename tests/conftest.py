@@ -74,7 +74,10 @@ def site(make_site) -> Context:
 def load_samples(ctx: Context) -> None:
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     with bootstrap.sample_subscribers_csv().open(encoding="utf-8") as fh:
-        ctx.store.upsert_subscribers(read_csv(fh, ctx.segments).good)
+        records = read_csv(fh, ctx.segments).good
+    # the samples come with their consent, as a real list must for smtp and sendgrid to send to it
+    ctx.store.upsert_subscribers_with_consent([{**r, "consent": {"method": "import", "basis": "the bundled samples"}}
+                                               for r in records])
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ LAYERS = [
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
     {"digest"},
-    {"lifecycle", "preview", "pull", "report", "welcome", "twofactor"},
+    {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention"},
     {"bootstrap", "bench", "bench_floor", "bench_search"},
     {"cli", "web", "__main__"},
 ]

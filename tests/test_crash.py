@@ -37,7 +37,7 @@ def digest_run(config_path, log_path) -> subprocess.Popen:
 
 
 def test_sigkill_at_several_points_then_rerun_never_sends_twice_nor_loses_anyone(make_site, smtp_server, tmp_path):
-    ctx = make_site(backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
+    ctx = make_site(backend="smtp", legacy_consent=True, smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
                     smtp_batch_size=BATCH)
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     ctx.store.upsert_subscribers([{"email": f"member{i:04d}@example.org", "name": f"Member {i}",

@@ -223,7 +223,7 @@ def test_remove_deletes_the_person_and_keeps_the_address_suppressed(site, runner
                                     "status": "active"}])
     result = invoke(runner, site, "subscribers", "remove", "Erase.Me@Example.org")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "removed erase.me@example.org"
+    assert result.stdout.strip() == "removed erase.me@example.org (and 0 message(s) to it in the outbox)"
     assert site.store.get_subscriber("erase.me@example.org") is None
     assert site.store.is_suppressed("erase.me@example.org")
     # Only a hash is kept: the address itself is nowhere in the database.

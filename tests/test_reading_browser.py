@@ -75,6 +75,7 @@ def test_sign_up_confirm_then_the_welcome_arrives_and_its_links_work(live, page,
     page.get_by_label("People living with MS").check()
     page.get_by_label("Every week").check()
     page.get_by_label("I agree to receive this digest").check()
+    page.get_by_label("I understand that choosing").check()
     page.get_by_role("button", name="Subscribe").click()
     page.get_by_role("heading", name="Check your inbox").wait_for()
 

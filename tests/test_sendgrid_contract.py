@@ -28,7 +28,7 @@ from tests.conftest import SAMPLE_NOW, load_samples
 def prism_site(make_site, prism, monkeypatch):
     """The bundled samples, sending through SendGrid (Prism) with every optional part of the payload on."""
     monkeypatch.setenv("SENDGRID_API_KEY", "SG.test-key")
-    ctx = make_site(backend="sendgrid", sendgrid_host=prism.url, sendgrid_timeout=10.0, reply_to="editors@example.org",
+    ctx = make_site(backend="sendgrid", legacy_consent=True, sendgrid_host=prism.url, sendgrid_timeout=10.0, reply_to="editors@example.org",
                     sendgrid_asm_group_id=4242, sendgrid_sandbox=True)
     load_samples(ctx)
     return ctx
@@ -77,7 +77,8 @@ def test_real_issues_are_accepted_by_the_contract(prism_site, monkeypatch):
         assert payload["mail_settings"] == {"sandbox_mode": {"enable": True}}
         assert payload["reply_to"] == {"email": "editors@example.org"}
         issue = ctx.store.get_issue(int(payload["custom_args"]["issue_id"]))
-        assert issue["segment"] in payload["categories"]
+        assert issue["segment"] not in json.dumps(payload["categories"]) + json.dumps(payload["custom_args"])
+        assert payload["categories"] == [payload["custom_args"]["list"]]
         html = payload["content"][1]["value"]
         for p in payload["personalizations"]:
             row = by_delivery[int(p["custom_args"]["delivery_id"])]
@@ -166,7 +167,7 @@ def test_missing_authorization_stops_the_run_and_sends_nothing(prism_site, prism
 
 
 def test_cli_without_api_key_says_so_and_plans_nothing(make_site, prism, runner):
-    ctx = make_site(backend="sendgrid", sendgrid_host=prism.url)  # SENDGRID_API_KEY is not in the environment
+    ctx = make_site(backend="sendgrid", legacy_consent=True, sendgrid_host=prism.url)  # SENDGRID_API_KEY is not in the environment
     load_samples(ctx)
     result = runner.invoke(cli, ["--config", str(ctx.config.source), "digest", "run", "--now", SAMPLE_NOW.isoformat()])
     assert result.exit_code == 1

@@ -39,6 +39,7 @@ class Seen:
     delivery_ids: list[int]
     message_id: str | None
     connection: int = 0  # the client's port: requests over one keep-alive connection share it
+    body: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -72,9 +73,9 @@ class StubHandler(BaseHTTPRequestHandler):
             number = len(self.stub.seen) + 1
             seen = Seen(status=0 if answer == "slow" else int(answer.split()[0]), emails=emails,
                         personalizations=len(personalizations), recipients=len(emails),
-                        delivery_ids=[int(p["custom_args"]["delivery_id"]) for p in personalizations],
+                        delivery_ids=[int(p["custom_args"]["delivery_id"]) for p in personalizations if "custom_args" in p],
                         message_id=f"stub-msg-{number}" if answer.startswith("202") else None,
-                        connection=self.client_address[1])
+                        connection=self.client_address[1], body=body)
             self.stub.seen.append(seen)
         if answer == "slow":  # the request arrived whole; the answer never comes in time
             self.stub.release.wait(10)
@@ -128,7 +129,7 @@ def stub():
 @pytest.fixture
 def crowd(make_site, stub):
     """A site whose 2500 active weekly patients make one issue of three requests."""
-    ctx = make_site(backend="sendgrid", sendgrid_host=stub.url)
+    ctx = make_site(backend="sendgrid", legacy_consent=True, sendgrid_host=stub.url)
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     ctx.store.upsert_subscribers([{"email": f"person{i:05d}@example.org", "name": f"Person {i}" if i % 2 else "",
                                    "segment": "patients", "cadence": "weekly", "topics": [], "status": "active"}

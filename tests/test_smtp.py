@@ -34,7 +34,7 @@ def readers(count: int, start: int = 0, **fields) -> list[dict]:
 @pytest.fixture
 def smtp_site(make_site, smtp_server):
     """A site sending to the test's SMTP server, with the bundled summaries and no subscribers yet."""
-    ctx = make_site(backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
+    ctx = make_site(backend="smtp", legacy_consent=True, smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
                     smtp_batch_size=4)
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     return ctx
@@ -222,7 +222,7 @@ def test_rate_limiter_spaces_batches_by_messages_per_second():
 
 
 def test_rate_limit_setting_paces_smtp_sending(make_site, smtp_server, monkeypatch):
-    ctx = make_site(backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
+    ctx = make_site(backend="smtp", legacy_consent=True, smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
                     smtp_batch_size=5, rate_limit=4.0)
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     ctx.store.upsert_subscribers(readers(20, segment="patients"))
@@ -245,7 +245,7 @@ def test_rate_limit_setting_paces_smtp_sending(make_site, smtp_server, monkeypat
 
 
 def test_a_pool_of_connections_sends_each_reader_exactly_one_message(make_site, smtp_server):
-    ctx = make_site("pool", backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port,
+    ctx = make_site("pool", backend="smtp", legacy_consent=True, smtp_host=smtp_server.host, smtp_port=smtp_server.port,
                     smtp_security="none", smtp_batch_size=12, smtp_connections=3)
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     active = readers(40)

@@ -72,7 +72,7 @@ def faulty():
 
 
 def site_for(make_site, port, count, name="site", **overrides):
-    ctx = make_site(name, **{"backend": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port, "smtp_security": "none",
+    ctx = make_site(name, **{"backend": "smtp", "legacy_consent": True, "smtp_host": "127.0.0.1", "smtp_port": port, "smtp_security": "none",
                              "smtp_batch_size": 5, **overrides})
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     ctx.store.upsert_subscribers([{"email": f"r{i:03d}@example.org", "segment": "patients", "cadence": "weekly",

@@ -25,7 +25,7 @@ SEGMENTS = ("patients", "caregivers", "clinicians")
 
 
 def relay_site(make_site, relay, count: int, segments=SEGMENTS, **overrides):
-    ctx = make_site(**{"backend": "smtp", "smtp_host": relay.host, "smtp_port": relay.port,
+    ctx = make_site(**{"backend": "smtp", "legacy_consent": True, "smtp_host": relay.host, "smtp_port": relay.port,
                        "smtp_security": "starttls", "smtp_ca_file": str(relay.tls.ca), **overrides})
     ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     ctx.store.upsert_subscribers([{"email": f"reader{i:04d}@example.org", "name": f"Reader {i}",
@@ -74,7 +74,7 @@ def test_without_the_ca_file_or_without_tls_one_clear_line_and_nothing_sent(make
     assert lines == [f"Error: smtp: 127.0.0.1:{postfix_relay.port}: TLS certificate not trusted: unable to get "
                      "local issuer certificate (set smtp_ca_file to the CA bundle that signed it)"]
 
-    plain = make_site("plain", backend="smtp", smtp_host=postfix_relay.host, smtp_port=postfix_relay.port,
+    plain = make_site("plain", backend="smtp", legacy_consent=True, smtp_host=postfix_relay.host, smtp_port=postfix_relay.port,
                       smtp_security="none")
     plain.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
     plain.store.upsert_subscribers([{"email": "one@example.org", "segment": "patients", "cadence": "weekly",

@@ -12,6 +12,7 @@ from hypothesis import given, strategies as st
 from newsletter.model import SUBSCRIBER_STATUSES
 from newsletter.sources.subscribers import SubscriberError, normalise_email
 from newsletter.store import Store, next_string, search_key
+from tests.conftest import SECRET
 
 ALPHABET = "abcxyz0189.-_+éüß"
 DOMAINS = ["example.org", "ex-ample.com", "bücher.de", "mail.example.net", "abc.io"]
@@ -21,7 +22,7 @@ TOPICS = ["MS", "NMOSD", "MOGAD"]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    s = Store(tmp_path_factory.mktemp("search") / "search.db", create=True)
+    s = Store(tmp_path_factory.mktemp("search") / "search.db", create=True, secret=SECRET)
     yield s
     s.close()
 

@@ -147,7 +147,7 @@ def path_of(url: str) -> str:
 
 def subscribe(client, **fields):
     data = {"email": "reader@example.org", "segment": "caregivers", "cadence": "monthly", "topics": ["NMOSD"],
-            "consent": "yes", **fields}
+            "consent": "yes", "consent_health": "yes", **fields}
     if "csrf_token" not in data:
         data["csrf_token"] = form_token(client, "/")
     data = {k: v for k, v in data.items() if v is not None}
@@ -505,7 +505,7 @@ def test_send_a_test_to_an_address(editor, drafts):
 
 
 def test_send_a_test_reports_a_transport_failure(drafts, make_app):
-    client = make_app(drafts, backend="smtp", smtp_host="127.0.0.1", smtp_port=free_port(),
+    client = make_app(drafts, backend="smtp", legacy_consent=True, smtp_host="127.0.0.1", smtp_port=free_port(),
                       smtp_security="none", smtp_timeout=2.0).test_client()
     login(client)
     token = form_token(client, "/editor/issues/1")
@@ -529,7 +529,7 @@ def test_subscribe_form_is_labelled_and_lists_segments_cadences_and_topics(clien
     html = client.get("/").get_data(as_text=True)
     page = check_page(html)
     names = {f.get("name") for f in page.inputs}
-    assert {"email", "segment", "cadence", "topics", "consent", "csrf_token"} <= names
+    assert {"email", "segment", "cadence", "topics", "consent", "consent_health", "csrf_token"} <= names
     for label in ("People living with MS", "Caregivers and family", "Healthcare providers", "Every week",
                   "Once a month", "NMOSD", "MOGAD", "Autoimmune encephalitis"):
         assert label in html
@@ -551,6 +551,7 @@ def test_subscribe_stores_a_pending_subscriber_and_mails_a_confirmation_link(cli
 
 @pytest.mark.parametrize("fields,error", [
     ({"consent": None}, "Tick the box"),
+    ({"consent_health": None}, "agree that we keep your choice"),
     ({"email": "not-an-address"}, "Enter an email address"),
     ({"segment": "robots"}, "Choose who the digest is for"),
     ({"cadence": "daily"}, "Choose how often"),
@@ -646,7 +647,7 @@ def test_subscribe_answers_503_when_the_confirmation_cannot_be_sent(drafts, make
 
 
 def test_confirmation_over_smtp_reaches_the_server(drafts, make_app, smtp_server):
-    client = make_app(drafts, backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port,
+    client = make_app(drafts, backend="smtp", legacy_consent=True, smtp_host=smtp_server.host, smtp_port=smtp_server.port,
                       smtp_security="none").test_client()
     assert subscribe(client).status_code == 200
     assert smtp_server.wait_for(1, 10)
@@ -658,14 +659,14 @@ def test_confirmation_over_smtp_reaches_the_server(drafts, make_app, smtp_server
 
 def test_confirmation_through_sendgrid_passes_its_contract(make_site, make_app, prism, monkeypatch):
     monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
-    ctx = make_site("sg", backend="sendgrid", sendgrid_host=prism.url)
+    ctx = make_site("sg", backend="sendgrid", legacy_consent=True, sendgrid_host=prism.url)
     client = make_app(ctx).test_client()
     assert subscribe(client, topics=[]).status_code == 200  # Prism answers 400 to a body outside the contract
     assert ctx.store.get_subscriber("reader@example.org")["status"] == "pending"
 
 
 def test_confirmation_through_sendgrid_without_a_key_is_a_503(make_site, make_app, prism):
-    ctx = make_site("sg", backend="sendgrid", sendgrid_host=prism.url)
+    ctx = make_site("sg", backend="sendgrid", legacy_consent=True, sendgrid_host=prism.url)
     assert subscribe(make_app(ctx).test_client(), topics=[]).status_code == 503
 
 
@@ -801,18 +802,30 @@ def test_pause_and_resume(client, drafts, reader):
     assert drafts.store.get_subscriber(id=sub["id"])["status"] == "active"
 
 
+def access_link(client, drafts, sub, ptok) -> str:
+    """The fresh link mailed to the subscriber's own address from the data page (the digest's link cannot)."""
+    page = client.get(f"/p/{ptok}/delete")
+    assert page.status_code == 200 and "one hour" in page.get_data(as_text=True)
+    sent = client.post(f"/p/{ptok}/access", data={"csrf_token": csrf_from(page)})
+    assert sent.status_code == 200 and "Check your inbox" in sent.get_data(as_text=True)
+    msg = [m for m in mails_to(drafts, sub["email"]) if "Your data" in m["Subject"]][-1]
+    return re.search(r"https://digest\.example\.org(/a/\S+)", text_of(msg)).group(1)
+
+
 def test_data_download_holds_this_subscriber_only(client, drafts, reader):
     sub, ptok, _ = reader
     drafts.store.set_issue_status(1, "approved")
     drafts.store.plan_deliveries(1)
-    response = client.get(f"/p/{ptok}/data.json")
+    assert client.get(f"/p/{ptok}/data.json").status_code == 404  # a forwarded digest's link cannot read it
+    link = access_link(client, drafts, sub, ptok)
+    response = client.get(f"{link}/data.json")
     assert response.status_code == 200
     assert response.headers["Content-Disposition"].startswith("attachment")
     assert response.headers["Cache-Control"] == "no-store"
     data = json.loads(response.get_data(as_text=True))
     assert data["subscriber"]["email"] == sub["email"]
     expected = [d for d in drafts.store.deliveries(issue_id=1) if d["subscriber_id"] == sub["id"]]
-    assert [d["issue_id"] for d in data["deliveries"]] == [d["issue_id"] for d in expected]
+    assert [d["issue_id"] for d in data["tables"]["deliveries"]] == [d["issue_id"] for d in expected]
     others = {s["email"] for s in drafts.store.subscribers()} - {sub["email"]}
     assert not any(other in response.get_data(as_text=True) for other in others)
 
@@ -821,11 +834,14 @@ def test_delete_me_removes_the_subscriber_and_forgets_their_events(client, draft
     sub, ptok, utok = reader
     drafts.store.record_event("sendgrid", {"event_id": "e1", "type": "open", "email": sub["email"],
                                            "subscriber_id": sub["id"], "payload": {"email": sub["email"]}})
-    page = client.get(f"/p/{ptok}/delete")
+    csrf = form_token(client, f"/p/{ptok}")
+    assert client.post(f"/p/{ptok}/delete", data={"csrf_token": csrf}).status_code == 405  # a digest's link: no
+    link = access_link(client, drafts, sub, ptok)
+    page = client.get(link)
     assert page.status_code == 200 and "Delete my data" in page.get_data(as_text=True)
     assert drafts.store.get_subscriber(id=sub["id"]) is not None  # the GET deletes nothing
-    assert client.post(f"/p/{ptok}/delete").status_code == 400
-    done = client.post(f"/p/{ptok}/delete", data={"csrf_token": csrf_from(page)})
+    assert client.post(f"{link}/delete").status_code == 400
+    done = client.post(f"{link}/delete", data={"csrf_token": csrf_from(page)})
     assert done.status_code == 200 and "Your data is deleted" in done.get_data(as_text=True)
     assert drafts.store.get_subscriber(sub["email"]) is None
     assert drafts.store.is_suppressed(sub["email"])
@@ -835,15 +851,23 @@ def test_delete_me_removes_the_subscriber_and_forgets_their_events(client, draft
     assert client.post(f"/u/{utok}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
 
 
+def test_the_access_link_expires_after_an_hour(client, drafts, reader):
+    sub, ptok, _ = reader
+    link = access_link(client, drafts, sub, ptok)
+    with time_machine.travel(time.time() + 3601):
+        expired = client.get(link)
+    assert expired.status_code == 400 and "expired" in expired.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("kind", ["forged signature", "other subscriber", "wrong purpose", "another secret",
                                   "garbage"])
-@pytest.mark.parametrize("action", ["", "/pause", "/delete"])
+@pytest.mark.parametrize("action", ["", "/pause", "/access"])
 def test_bad_preferences_tokens_get_an_error_page_and_change_nothing(client, drafts, reader, kind, action):
     sub, ptok, _ = reader
     token = bad_tokens(drafts, sub["id"], "preferences")[kind]
     before = {s["id"]: s for s in drafts.store.subscribers()}
     assert client.get(f"/p/{token}").status_code == 400
-    assert client.get(f"/p/{token}/data.json").status_code == 400
+    assert client.get(f"/p/{token}/delete").status_code == 400
     csrf = form_token(client, f"/p/{ptok}")
     response = client.post(f"/p/{token}{action}", data={"csrf_token": csrf, "segment": "clinicians",
                                                         "cadence": "monthly"})
@@ -1301,7 +1325,7 @@ def test_serve_behind_a_trusted_proxy_tells_clients_apart(serve):
 
     def sign_up(n: int, headers: dict) -> int:
         return fetch(opener, f"{base}/", {"email": f"r{n}@example.org", "segment": "patients", "cadence": "weekly",
-                                          "consent": "yes", "csrf_token": token}, headers)[0]
+                                          "consent": "yes", "consent_health": "yes", "csrf_token": token}, headers)[0]
 
     assert [sign_up(n, client_a) for n in range(30)] == [200] * 30  # SUBSCRIBE_MAX_PER_IP
     assert sign_up(30, client_a) == 429

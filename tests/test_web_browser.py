@@ -164,6 +164,8 @@ def test_a_person_subscribes_confirms_changes_preferences_and_unsubscribes(live,
     page.keyboard.press("Space")
     tab_to(page, lambda f: f["id"] == "consent")
     page.keyboard.press("Space")
+    tab_to(page, lambda f: f["id"] == "consent_health")
+    page.keyboard.press("Space")
     tab_to(page, lambda f: f["tag"] == "BUTTON" and f["text"] == "Subscribe")
     page.keyboard.press("Enter")
     page.get_by_role("heading", name="Check your inbox").wait_for()

@@ -44,7 +44,8 @@ def valid_arguments(ctx) -> dict[str, str]:
     active = active_subscriber(ctx)
     ctx.store.set_issue_status(2, "sent")
     return {"confirm_token": t.sign("confirm", pending["id"]), "preferences_token": t.sign("preferences", active["id"]),
-            "unsubscribe_token": t.sign("unsubscribe", active["id"]), "issue_id": "2", "variant": "all",
+            "unsubscribe_token": t.sign("unsubscribe", active["id"]), "access_token": t.sign("access", active["id"]),
+            "issue_id": "2", "variant": "all",
             "filename": "site.css", "slug": ctx.store.summaries()[0]["slug"], "subscriber_id": str(active["id"]),
             "editor_name": EDITOR}
 
@@ -142,7 +143,7 @@ def test_signup_limits_survive_a_restart_and_pass_with_the_window(drafts, make_a
 def test_signups_from_one_ipv6_network_count_together(drafts, make_app):
     client = make_app(drafts, SUBSCRIBE_MAX_PER_IP=1).test_client()
     token = form_token(client, "/")
-    data = {"segment": "patients", "cadence": "weekly", "consent": "yes", "csrf_token": token}
+    data = {"segment": "patients", "cadence": "weekly", "consent": "yes", "consent_health": "yes", "csrf_token": token}
     assert client.post("/", data={**data, "email": "a@example.org"},
                        environ_base={"REMOTE_ADDR": "2001:db8::1"}).status_code == 200
     assert client.post("/", data={**data, "email": "b@example.org"},
@@ -423,7 +424,7 @@ def test_any_text_in_the_signup_form_never_fails_and_stores_only_valid_addresses
     except SubscriberError:
         expected = None
     response = client.post("/", data={"email": email, "segment": segment, "cadence": cadence, "consent": consent,
-                                      "website": website, "topics": topics, "csrf_token": token})
+                                      "consent_health": consent, "website": website, "topics": topics, "csrf_token": token})
     assert response.status_code in (200, 400), response.status_code
     html = response.get_data(as_text=True)
     rows = {row["email"] for row in ctx.store.query("SELECT email FROM subscribers")}

@@ -207,7 +207,7 @@ def test_a_site_template_override_is_used_and_one_without_the_disclaimer_is_refu
 
 
 def test_welcome_over_smtp_reaches_the_server_with_one_click_unsubscribe(drafts, make_app, smtp_server):
-    client = make_app(drafts, backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port,
+    client = make_app(drafts, backend="smtp", legacy_consent=True, smtp_host=smtp_server.host, smtp_port=smtp_server.port,
                       smtp_security="none").test_client()
     assert subscribe(client).status_code == 200
     assert smtp_server.wait_for(1, 10)

@@ -103,6 +103,9 @@ def status(ctx: Context) -> None:
         click.echo(f"Needs attention: issue {a['issue_id']}: {a['n']} {a['status']} ({hint})")
     for issue_id, n in sorted(st.bounces.items()):
         click.echo(f"Bounces: issue {issue_id}: {n['hard']} hard, {n['soft']} soft, {n['complaint']} complaints")
+    if st.unconsented:
+        click.echo(f"Without consent: {st.unconsented} active subscriber(s) have no consent record and are skipped "
+                   "(set legacy_consent = yes if this list predates consent records)")
     for f in st.failing_feeds:  # summaries pull
         click.echo(f"Feed failing: {f['url']}: {f['failures']} in a row since {f['failing_since']}: {f['last_error']}")
 

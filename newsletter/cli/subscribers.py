@@ -9,6 +9,7 @@ import click
 
 from ..context import Context
 from ..model import SUBSCRIBER_STATUSES
+from ..retention import erase
 from ..segments import CADENCES
 from ..sources.imports import FIELDS, LAYOUTS, known_topics, open_import_file, parse_map
 from ..store import ImportRefused
@@ -174,5 +175,5 @@ def subscribers_remove(ctx: Context, email: str) -> None:
     found = ctx.store.get_subscriber(address)
     if found is None:
         raise click.ClickException(f"{address}: no such subscriber")
-    ctx.store.editor_erase(found["id"], cli_actor())  # audited as subscriber.erase, its earlier rows scrubbed
-    click.echo(f"removed {address}")
+    erased = erase(ctx.config, ctx.store, address, actor=cli_actor(), subscriber_id=found["id"])
+    click.echo(f"removed {address} (and {erased['outbox_messages']} message(s) to it in the outbox)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import Messenger, Notice, Outcome, Sender
+from ..model import Messenger, Notice, Outcome, Sender, derive_key
 
 
 def sender_from_config(config: Any) -> Sender:
@@ -33,11 +33,26 @@ def messenger_from_config(config: Any) -> Messenger:
             return SmtpPool(config.smtp_connections, config.smtp_host, config.smtp_port, sender, **options)
         return SmtpMessenger(config.smtp_host, config.smtp_port, sender, **options)
     if config.backend == "sendgrid":
-        from .sendgrid import SendGridMessenger
+        from .sendgrid import Privacy, SendGridMessenger
+        privacy = Privacy(derive_key(config.require_secret(), "list codes"), track_opens=config.track_opens,
+                          track_clicks=config.track_clicks)
         return SendGridMessenger(config.sendgrid_api_key or "", sender, host=config.sendgrid_host, timeout=config.sendgrid_timeout,
                                  max_attempts=config.sendgrid_max_attempts, asm_group_id=config.sendgrid_asm_group_id,
-                                 sandbox=config.sendgrid_sandbox)
+                                 sandbox=config.sendgrid_sandbox, privacy=privacy)
     raise ValueError(f"backend: unknown {config.backend!r}")
+
+
+def erase_from_outbox(config: Any, address: str) -> int:
+    """Remove the messages to an erased reader from the Maildir outbox, if the site has one; how many went."""
+    from pathlib import Path
+    if not Path(config.outbox).is_dir():
+        return 0
+    from .maildir import MaildirMessenger
+    messenger = MaildirMessenger(config.outbox, sender_from_config(config))
+    try:
+        return messenger.remove_messages_to(address)
+    finally:
+        messenger.close()
 
 
 def send_notice(config: Any, notice: Notice, messenger: Messenger | None = None) -> Outcome:

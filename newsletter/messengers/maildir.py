@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import email.utils
 import mailbox
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +46,22 @@ class MaildirMessenger:
             return Outcome("sent", [], provider_id=self.box.add(notice_bytes(notice, self.sender)))
         except (OSError, ValueError) as exc:
             return Outcome("failed", [], error=f"maildir: {exc}")
+
+    def remove_messages_to(self, address: str) -> int:
+        """Delete every message addressed to `address` (an erased reader); returns how many went."""
+        wanted = address.strip().lower()
+        parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+        gone = 0
+        for key in list(self.box.keys()):
+            try:
+                headers = parser.parsebytes(self.box.get_bytes(key))
+            except (KeyError, OSError):
+                continue  # removed meanwhile
+            recipients = [a.lower() for _, a in email.utils.getaddresses(headers.get_all("To", []))]
+            if wanted in recipients:
+                self.box.discard(key)
+                gone += 1
+        return gone
 
     def close(self) -> None:
         self.box.close()

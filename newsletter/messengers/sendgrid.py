@@ -4,6 +4,10 @@ One request carries one rendered body and up to 1000 personalizations, each
 with its own substitutions (tokens, greeting), List-Unsubscribe headers and
 custom_args that map webhook events back to the ledger. The payload is built by
 a pure function so tests can assert on the dict.
+
+SendGrid learns no reader's segment or topics: categories and custom_args carry
+only an opaque list code (keyed, per segment and cadence), the issue and the
+delivery ids; tracking is set explicitly on every request (off unless asked).
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import json
 from json.encoder import encode_basestring_ascii as _q  # C-accelerated
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 
-from ..model import PLACEHOLDERS, Envelope, FatalSendError, Notice, Outcome, Rendered, Sender, stop_mid_batch
+from ..model import (PLACEHOLDERS, Envelope, FatalSendError, Notice, Outcome, Rendered, Sender, list_code,
+                     stop_mid_batch)
 from .keepalive import KeepAlive, NotSent
+from .mime import header_text
 
 MAX_PERSONALIZATIONS = 1000
 MAX_BACKOFF = 60.0
@@ -35,18 +42,39 @@ def _check(envelopes: Sequence[Envelope]) -> None:
         raise ValueError("personalizations: an address appears twice in one request")
 
 
-def _common(rendered: Rendered, sender: Sender, asm_group_id: int, sandbox: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Privacy:
+    """What a site lets SendGrid learn: the key of its list codes, and whether opens and clicks are tracked."""
+    list_key: bytes = b""
+    track_opens: bool = False
+    track_clicks: bool = False
+
+    def tracking_settings(self) -> dict[str, Any]:
+        """Always explicit, so the account's defaults never apply (click tracking would tell SendGrid which
+        study a named reader opened); subscription tracking is ours (List-Unsubscribe), never SendGrid's."""
+        return {"click_tracking": {"enable": self.track_clicks, "enable_text": self.track_clicks},
+                "open_tracking": {"enable": self.track_opens},
+                "subscription_tracking": {"enable": False}}
+
+
+NO_TRACKING = Privacy()
+
+
+def _common(rendered: Rendered, sender: Sender, asm_group_id: int, sandbox: bool,
+            privacy: Privacy = NO_TRACKING) -> dict[str, Any]:
     """Everything of a request but its personalizations: the same for all its recipients."""
     sender_obj = {"email": sender.email}
     if sender.name:
         sender_obj["name"] = sender.name
+    code = list_code(privacy.list_key, rendered.segment, rendered.cadence)
     payload: dict[str, Any] = {
         "from": sender_obj,
-        "subject": rendered.subject,
+        "subject": header_text(rendered.subject),
         "content": [{"type": "text/plain", "value": rendered.text},
                     {"type": "text/html", "value": rendered.html}],
-        "categories": [rendered.segment, f"{rendered.cadence}-digest"],
-        "custom_args": {"issue_id": str(rendered.issue_id), "variant": rendered.variant},
+        "categories": [code],
+        "custom_args": {"issue_id": str(rendered.issue_id), "list": code},
+        "tracking_settings": privacy.tracking_settings(),
     }
     if sender.reply_to:
         payload["reply_to"] = {"email": sender.reply_to}
@@ -58,7 +86,7 @@ def _common(rendered: Rendered, sender: Sender, asm_group_id: int, sandbox: bool
 
 
 def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender, *,
-                  asm_group_id: int = 0, sandbox: bool = False) -> dict[str, Any]:
+                  asm_group_id: int = 0, sandbox: bool = False, privacy: Privacy = NO_TRACKING) -> dict[str, Any]:
     """The v3 mail/send body as a dict: the reference that tests assert on."""
     _check(envelopes)
     issue_id = str(rendered.issue_id)
@@ -73,7 +101,7 @@ def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sen
             "headers": {"List-Unsubscribe": f"<{env.unsubscribe_url}>",
                         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
         })
-    return {"personalizations": personalizations, **_common(rendered, sender, asm_group_id, sandbox)}
+    return {"personalizations": personalizations, **_common(rendered, sender, asm_group_id, sandbox, privacy)}
 
 
 #: One personalization with the recipient's own strings left as slots; the keys and the fixed text are
@@ -86,7 +114,7 @@ _PERSONALIZATION = ('{"to":[{"email":%s%s}],"substitutions":{'
 
 
 def encode_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender, *,
-                   asm_group_id: int = 0, sandbox: bool = False) -> str:
+                   asm_group_id: int = 0, sandbox: bool = False, privacy: Privacy = NO_TRACKING) -> str:
     """The same body as json.dumps(build_payload(...)), written directly.
 
     Per recipient only its own strings are JSON-quoted (in C) and slotted into a
@@ -101,34 +129,35 @@ def encode_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Se
                          q((v := env.values)[k1]), q(v[k2]), q(v[k3]), q(v[k4]),
                          env.subscriber_id, env.delivery_id, q("<" + env.unsubscribe_url + ">"))
              for env in envelopes]
-    return '{"personalizations":[' + ",".join(parts) + "]," + _common_json(rendered, sender, asm_group_id, sandbox)
+    common = _common_json(rendered, sender, asm_group_id, sandbox, privacy)
+    return '{"personalizations":[' + ",".join(parts) + "]," + common
 
 
 _common_cache: dict[tuple, tuple[Rendered, str]] = {}
 
 
-def _common_json(rendered: Rendered, sender: Sender, asm_group_id: int, sandbox: bool) -> str:
+def _common_json(rendered: Rendered, sender: Sender, asm_group_id: int, sandbox: bool, privacy: Privacy) -> str:
     """The shared part (with the whole HTML) encoded once per variant, not once per request."""
-    key = (id(rendered), id(sender), asm_group_id, sandbox)
+    key = (id(rendered), id(sender), asm_group_id, sandbox, privacy)
     hit = _common_cache.get(key)
     if hit is None or hit[0] is not rendered:
         if len(_common_cache) >= 64:
             _common_cache.clear()
-        hit = _common_cache[key] = (rendered, json.dumps(_common(rendered, sender, asm_group_id, sandbox))[1:])
+        hit = _common_cache[key] = (rendered, json.dumps(_common(rendered, sender, asm_group_id, sandbox,
+                                                                              privacy))[1:])
     return hit[1]
 
 
 def notice_payload(notice: Notice, sender: Sender, *, sandbox: bool = False) -> dict[str, Any]:
-    """A one-off plain-text message; tracking off so its signed link reaches the reader unchanged."""
+    """A one-off plain-text message; tracking always off so its signed link reaches the reader unchanged."""
     sender_obj = {"email": sender.email} | ({"name": sender.name} if sender.name else {})
     payload: dict[str, Any] = {
         "personalizations": [{"to": [{"email": notice.to}]}],
         "from": sender_obj,
-        "subject": notice.subject,
+        "subject": header_text(notice.subject),
         "content": [{"type": "text/plain", "value": notice.text}],
         "categories": [notice.category],
-        "tracking_settings": {"click_tracking": {"enable": False, "enable_text": False},
-                              "open_tracking": {"enable": False}},
+        "tracking_settings": NO_TRACKING.tracking_settings(),
     }
     if sender.reply_to:
         payload["reply_to"] = {"email": sender.reply_to}
@@ -184,7 +213,8 @@ class SendGridMessenger:
 
     def __init__(self, api_key: str, sender: Sender, *, host: str = "https://api.sendgrid.com",
                  timeout: float = 30.0, max_attempts: int = 5, backoff_base: float = 1.0,
-                 asm_group_id: int = 0, sandbox: bool = False, sleep: Callable[[float], None] = time.sleep):
+                 asm_group_id: int = 0, sandbox: bool = False, privacy: Privacy = NO_TRACKING,
+                 sleep: Callable[[float], None] = time.sleep):
         if not api_key:
             raise FatalSendError("SENDGRID_API_KEY is not set: export it to send through SendGrid")
         self.client = SendGridAPIClient(api_key=api_key, host=host)
@@ -192,7 +222,7 @@ class SendGridMessenger:
         self.transport = KeepAlive(host, timeout)
         self.sender = sender
         self.max_attempts, self.backoff_base = max_attempts, backoff_base
-        self.asm_group_id, self.sandbox, self.sleep = asm_group_id, sandbox, sleep
+        self.asm_group_id, self.sandbox, self.privacy, self.sleep = asm_group_id, sandbox, privacy, sleep
         self.requests = 0
         self.fatal: FatalSendError | None = None
 
@@ -203,7 +233,7 @@ class SendGridMessenger:
         chunks = split_requests(envelopes)
         for index, chunk in enumerate(chunks):
             payload = encode_payload(rendered, chunk, self.sender, asm_group_id=self.asm_group_id,
-                                     sandbox=self.sandbox)
+                                     sandbox=self.sandbox, privacy=self.privacy)
             try:
                 outcome = self.post(payload, [e.delivery_id for e in chunk])
             except FatalSendError as exc:

@@ -125,6 +125,7 @@ class Renderer:
             "archive_url": f"{self.site_url}/archive/{issue_id}/{variant}",
             "unsubscribe_url": f"{self.site_url}/u/{markers[UNSUB_TOKEN]}",
             "preferences_url": f"{self.site_url}/p/{markers[PREFS_TOKEN]}",
+            "privacy_url": f"{self.site_url}/privacy",
             "greeting_html": markers[GREETING_HTML], "greeting_text": markers[GREETING_TEXT],
         }
         full = min(max(self.max_summaries, 0), count)

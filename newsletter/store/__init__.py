@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from .audit import AuditLog
 from .bounces import Bounces
-from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, now_iso
+from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, email_hash, now_iso
 from .consent import CONSENT_METHODS, Consent, ImportRefused
 from .directory import Directory, Refused, next_string, search_key, subscriber_target
 from .editor_secrets import EditorSecrets
 from .editor_sessions import EditorSessions
 from .events import Events
+from .export import Export
 from .feeds import NOTICE_AFTER, Feeds
 from .issues import TRANSITIONS, Issues, may_send, reading_hold
 from .ledger import Ledger
@@ -22,8 +23,9 @@ from .migrations import migrations
 from .reading import Reading
 from .reports import Reports
 from .schedule import SCHEDULABLE, Schedule, due
+from .retention import Retention
 from .signups import NOT_BY_LINK, Signups
-from .subscribers import Subscribers, email_hash
+from .subscribers import Subscribers
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 from .throttles import Attempt, Limit, Throttles
 from .welcomes import Welcomes
@@ -33,12 +35,14 @@ class Store(
     Feeds,
     Summaries,
     Consent,
+    Retention,
     Directory,
     Subscribers,
     Signups,
     Issues,
     Ledger,
     Events,
+    Export,
     Bounces,
     Reports,
     Schedule,
@@ -56,9 +60,9 @@ class Store(
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SCHEDULABLE", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit", "Reading", "Refused", "Reports",
-    "Schedule", "Signups",
-    "Store", "StoreError", "Subscribers", "Summaries", "Tables", "Throttles", "Welcomes",
+    "Events", "Export", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit", "Reading", "Refused",
+    "Reports", "Retention", "Schedule", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables",
+    "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "due", "email_hash", "may_send", "migrations", "next_string", "now_iso",
     "reading_hold", "search_key", "subscriber_target",
 ]

@@ -59,7 +59,3 @@ class AuditLog(Tables):
         """The newest row of this action on this target (who approved issue 12?)."""
         rows = self.audit_entries(target=target, action=action, limit=1)
         return rows[0] if rows else None
-
-    def scrub_audit_target(self, target: str, conn: sqlite3.Connection) -> int:
-        """Empty the details of every row about `target` (an erased subscriber), in the caller's transaction."""
-        return conn.execute("UPDATE audit_log SET detail = '{}' WHERE target = ?", (target,)).rowcount

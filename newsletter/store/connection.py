@@ -9,6 +9,8 @@ refused with one line naming it (a typo must never become a new empty list).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -19,6 +21,7 @@ from typing import Any, Iterator, Sequence
 
 from sqlite_utils import Database
 
+from ..model import derive_key
 from .migrations import migrations
 
 
@@ -67,6 +70,10 @@ def refusal(path: Path, create: bool) -> str | None:
     return None
 
 
+def _keyed(key: bytes, plain_hash: str) -> str:
+    return hmac.new(key, plain_hash.encode(), hashlib.sha256).hexdigest()
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -84,14 +91,21 @@ def conditions(*pairs: tuple[str, Any]) -> tuple[str, list[Any]]:
     return "".join(f" AND {clause}" for clause, _ in chosen), [value for _, value in chosen]
 
 
+def email_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
 class Tables:
     conn: sqlite3.Connection
     db: Database
     path: Path
     write_seconds: float
 
-    def __init__(self, path: str | Path, create: bool = False):
-        """Open the site's database; only with `create` (what `init` does) may it be new or empty."""
+    def __init__(self, path: str | Path, create: bool = False, secret: str | None = None):
+        """Open the site's database; only with `create` (what `init` does) may it be new or empty.
+
+        `secret` (NEWSLETTER_SECRET; by default the variable itself) keys the suppression list: without it the
+        list cannot be read or written."""
         self.path = Path(path)
         problem = refusal(self.path, create)
         if problem:
@@ -111,7 +125,9 @@ class Tables:
             self.conn = conn
             self.db = Database(conn)
             self.write_seconds = 0.0  # time spent in write transactions (the benchmark reports it)
+            conn.execute("PRAGMA secure_delete=ON")  # what is deleted (an erased reader) is overwritten in the file
             migrations.apply(self.db)
+            self._suppression_key = self._key_suppressions(secret or os.environ.get("NEWSLETTER_SECRET"))
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(describe(self.path, exc)) from None
@@ -121,6 +137,24 @@ class Tables:
 
     def close(self) -> None:
         self.conn.close()
+
+    def _key_suppressions(self, secret: str | None) -> bytes | None:
+        """The suppression list's key; plain hashes stored before m014 are keyed the same way, once."""
+        if not secret:
+            return None
+        key = derive_key(secret, "suppression list")
+        with self.transaction() as conn:
+            rows = conn.execute("SELECT email_hash FROM suppressions WHERE keyed = 0").fetchall()
+            conn.executemany("UPDATE OR REPLACE suppressions SET email_hash = ?, keyed = 1 WHERE email_hash = ?",
+                             [(_keyed(key, plain), plain) for (plain,) in rows])
+        return key
+
+    def suppression_hash(self, email: str) -> str:
+        """How the suppression list names an address: HMAC(key, sha256(address)), the key derived from
+        NEWSLETTER_SECRET; so the database alone cannot tell whether an address was ever on the list."""
+        if self._suppression_key is None:
+            raise StoreError(f"{self.path}: the suppression list needs NEWSLETTER_SECRET: export it")
+        return _keyed(self._suppression_key, email_hash(email))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

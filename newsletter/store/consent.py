@@ -24,6 +24,11 @@ class Consent(Subscribers):
             return _insert(conn, subscriber_id, {"method": method, "basis": basis, "opted_in_at": opted_in_at,
                                                  "ip": ip, "wording_version": wording_version})
 
+    def active_without_consent(self) -> int:
+        """Active subscribers with no consent record (the real backends skip them unless legacy_consent)."""
+        return self.query("""SELECT COUNT(*) AS n FROM subscribers s WHERE status = 'active' AND NOT EXISTS
+                             (SELECT 1 FROM consent_records c WHERE c.subscriber_id = s.id)""")[0]["n"]
+
     def consent_records(self, subscriber_id: int) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM consent_records WHERE subscriber_id = ? ORDER BY id", (subscriber_id,))
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from .audit import AuditLog
 from .connection import conditions, decode_topics, now_iso
-from .subscribers import AUDIENCE_CHANGED, Subscribers, email_hash
+from .subscribers import AUDIENCE_CHANGED, Subscribers, subscriber_target
 
 #: Characters below which a search is a prefix search (a trigram needs three).
 TRIGRAM = 3
@@ -52,10 +52,6 @@ def search_key(text: str) -> str:
 
 def fts_phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
-
-
-def subscriber_target(subscriber_id: int) -> str:
-    return f"subscriber:{subscriber_id}"
 
 
 class Directory(Subscribers, AuditLog):
@@ -175,7 +171,7 @@ class Directory(Subscribers, AuditLog):
             new = "active" if old["confirmed_at"] else "pending"
             conn.execute("UPDATE subscribers SET status = ?, updated_at = ?, unsubscribed_at = NULL WHERE id = ?",
                          (new, now, subscriber_id))  # its trigger forgets the manual suppression
-            conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(old["email"]),))
+            conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (self.suppression_hash(old["email"]),))
             self._audit(conn, actor, "subscriber.lift", subscriber_id, {"status": [status, new]})
         return new
 
@@ -185,8 +181,6 @@ class Directory(Subscribers, AuditLog):
         row = self.get_subscriber(id=subscriber_id)
         if row is None:
             raise LookupError(f"subscriber {subscriber_id}: no such subscriber")
-        self.remove_subscriber(row["email"], reason="erased by an editor")
         with self.transaction() as conn:
-            conn.execute("DELETE FROM manual_suppressions WHERE subscriber_id = ?", (subscriber_id,))
-            self.scrub_audit_target(subscriber_target(subscriber_id), conn)
+            self.remove_subscriber(row["email"], reason="erased by an editor")
             self._audit(conn, actor, "subscriber.erase", subscriber_id, {})

@@ -66,7 +66,7 @@ class Ledger(Tables):
     def pending_batches(self, issue_id: int, size: int) -> Iterator[list[tuple]]:
         """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
 
-        Each row a plain tuple (delivery_id, subscriber_id, email, name, topics, status): this runs
+        Each row a plain tuple (delivery_id, subscriber_id, email, name, topics, status, consented): this runs
         once per recipient. The unary `+` keeps SQLite on the rowid range (an issue's rows are
         contiguous by id) instead of re-reading the issue's whole index per page.
         """
@@ -75,7 +75,8 @@ class Ledger(Tables):
         cursor.row_factory = None
         while True:
             rows = cursor.execute("""
-                SELECT d.id, d.subscriber_id, s.email, s.name, s.topics, s.status
+                SELECT d.id, d.subscriber_id, s.email, s.name, s.topics, s.status,
+                       EXISTS (SELECT 1 FROM consent_records c WHERE c.subscriber_id = d.subscriber_id)
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
                 ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -342,6 +344,46 @@ def m013_welcome_issues(db: Database) -> None:
     # A welcome is a delivery like any other: a row in the ledger against an issue of its own kind, one per
     # (segment, cadence), so the digest's lists, sends and retries can leave those issues out.
     db.execute("ALTER TABLE issues ADD COLUMN kind TEXT NOT NULL DEFAULT 'digest'")
+
+
+#: What m014 keeps of a stored provider event (model.EVENT_FIELDS as it was then; frozen with the migration).
+_M014_EVENT_FIELDS = ("event", "sg_event_id", "sg_message_id", "timestamp", "type", "reason", "status",
+                      "classification", "bounce_classification", "issue_id", "subscriber_id", "delivery_id")
+
+
+def _m014_kept(value: object) -> object:
+    if isinstance(value, list):
+        return [_m014_kept(item) for item in value]
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k in _M014_EVENT_FIELDS}
+    return value
+
+
+def _m014_stripped(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return "{}"  # a truncated excerpt of a rejected event: nothing of it can be kept safely
+    return json.dumps(_m014_kept(value), sort_keys=True)
+
+
+@migrations()
+def m014_privacy(db: Database) -> None:
+    # Stored provider events keep only the fields we use: the reader's IP and user agent go.
+    for table in ("events", "rejected_events"):
+        rows = db.execute(f"SELECT id, payload FROM {table}").fetchall()
+        db.conn.executemany(f"UPDATE {table} SET payload = ? WHERE id = ?",
+                            [(_m014_stripped(payload), row_id) for row_id, payload in rows])
+    # Suppression hashes become keyed (HMAC with a key derived from NEWSLETTER_SECRET, which the database never
+    # holds); the key is not known here, so each plain hash is keyed the first time the store has the secret.
+    db.execute("ALTER TABLE suppressions ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0")
+    # Every wording of the sign-up consent ever shown, so the exact text a reader agreed to can be produced.
+    db.execute("""
+        CREATE TABLE consent_wordings (
+            version TEXT PRIMARY KEY,
+            text TEXT NOT NULL,
+            first_shown_at TEXT NOT NULL
+        )""")
 
 
 @migrations()

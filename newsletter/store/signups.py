@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from .connection import Tables, decode_topics, now_iso
-from .subscribers import email_hash
 
 #: What a confirmation link cannot undo: the provider told us the address bounces or reported us as spam.
 NOT_BY_LINK = ("bounced", "complained")
@@ -18,7 +17,7 @@ class Signups(Tables):
         """The subscriber of a sign-up: a new address is stored pending (unsubscribed when it was removed
         before, so only its confirmation brings it back); an existing one is left exactly as it is."""
         now = now_iso()
-        hashed = email_hash(email)
+        hashed = self.suppression_hash(email)
         with self.transaction() as conn:
             conn.execute("""INSERT INTO subscribers (email, name, segment, cadence, topics, status, created_at,
                             updated_at, unsubscribed_at)
@@ -42,5 +41,5 @@ class Signups(Tables):
                                (now, now, subscriber_id))
             if cur.rowcount:
                 row = conn.execute("SELECT email FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
-                conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(row["email"]),))
+                conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (self.suppression_hash(row["email"]),))
         return bool(cur.rowcount)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Iterable
 
@@ -14,8 +13,9 @@ AUDIENCE_CHANGED = ("audience_changed_at = CASE WHEN segment != ? OR cadence != 
                     "ELSE audience_changed_at END")
 
 
-def email_hash(email: str) -> str:
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+def subscriber_target(subscriber_id: int) -> str:
+    """How the audit log names a subscriber."""
+    return f"subscriber:{subscriber_id}"
 
 
 class Subscribers(Tables):
@@ -27,7 +27,7 @@ class Subscribers(Tables):
         return decode_topics(rows[0]) if rows else None
 
     def is_suppressed(self, email: str) -> bool:
-        return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(email),)))
+        return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (self.suppression_hash(email),)))
 
     def upsert_subscribers(self, records: Iterable[dict[str, Any]]) -> dict[str, int]:
         """Add or update subscribers in one transaction.
@@ -44,7 +44,8 @@ class Subscribers(Tables):
                                         (rec["email"],)).fetchone()
                 status = rec.get("status") or (existing["status"] if existing else "pending")
                 suppressed = existing["status"] in SUPPRESSED if existing else bool(conn.execute(
-                    "SELECT 1 FROM suppressions WHERE email_hash = ?", (email_hash(rec["email"]),)).fetchone())
+                    "SELECT 1 FROM suppressions WHERE email_hash = ?",
+                    (self.suppression_hash(rec["email"]),)).fetchone())
                 if suppressed and status not in SUPPRESSED:
                     status = existing["status"] if existing else "unsubscribed"
                     counts["kept_suppressed"] += 1
@@ -104,7 +105,8 @@ class Subscribers(Tables):
             if status == "active":
                 row = conn.execute("SELECT email FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
                 if row:
-                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?", (email_hash(row["email"]),))
+                    conn.execute("DELETE FROM suppressions WHERE email_hash = ?",
+                                 (self.suppression_hash(row["email"]),))
 
     def update_preferences(self, subscriber_id: int, segment: str, cadence: str, topics: list[str]) -> None:
         now = now_iso()
@@ -113,21 +115,34 @@ class Subscribers(Tables):
                              updated_at = ? WHERE id = ?""",
                          (segment, cadence, now, segment, cadence, json.dumps(topics), now, subscriber_id))
 
-    def remove_subscriber(self, email: str, reason: str = "removed") -> bool:
-        """Delete the person's data (events anonymised), keeping only a hash so no import re-adds them."""
+    def remove_subscriber(self, email: str, reason: str = "removed", suppress: bool = True) -> bool:
+        """Erase the person: their row and consent go, and every other row that named them is removed or keeps
+        nothing that identifies them; only a keyed hash stays (unless not `suppress`: a sign-up never confirmed)
+        so no import re-adds them. With secure_delete on (connection.py) the freed bytes are overwritten too."""
         with self.transaction() as conn:
             row = conn.execute("SELECT id FROM subscribers WHERE email = ?", (email,)).fetchone()
             if row is None:
                 return False
-            conn.execute("DELETE FROM deliveries WHERE subscriber_id = ? AND status = 'pending'", (row["id"],))
-            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id WHERE subscriber_id = ?",
-                         (row["id"],))
-            conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
+            sid = row["id"]
+            conn.execute("DELETE FROM deliveries WHERE subscriber_id = ? AND status = 'pending'", (sid,))
+            # The ledger keeps that a message went out (counts), not to whom nor the relay's words about it.
+            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id, provider_id = NULL, error = NULL "
+                         "WHERE subscriber_id = ?", (sid,))
+            for table in ("consent_records", "soft_bounces", "manual_suppressions"):
+                conn.execute(f"DELETE FROM {table} WHERE subscriber_id = ?", (sid,))
+            conn.execute("UPDATE bounce_reports SET subscriber_id = NULL, delivery_id = NULL WHERE subscriber_id = ?",
+                         (sid,))
+            conn.execute("DELETE FROM subscribers WHERE id = ?", (sid,))
+            conn.execute("INSERT INTO subscriber_search (subscriber_search) VALUES ('optimize')")  # drops old terms
             # Provider events stay (so a webhook retry is still a replay) but lose who they were about.
             conn.execute("UPDATE events SET email = NULL, subscriber_id = NULL, payload = '{}' "
-                         "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, row["id"]))
-            conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at) VALUES (?, ?, ?)",
-                         (email_hash(email), reason, now_iso()))
+                         "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, sid))
+            conn.execute("DELETE FROM rejected_events WHERE instr(lower(payload), lower(?))", (email,))
+            conn.execute("UPDATE audit_log SET detail = '{}' WHERE target = ? OR instr(lower(detail), lower(?))",
+                         (subscriber_target(sid), email))
+            if suppress:
+                conn.execute("INSERT OR REPLACE INTO suppressions (email_hash, reason, created_at, keyed) "
+                             "VALUES (?, ?, ?, 1)", (self.suppression_hash(email), reason, now_iso()))
         return True
 
     def subscribers(self, segment: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
@@ -138,7 +153,7 @@ class Subscribers(Tables):
         return {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM subscribers GROUP BY status")}
 
     def subscriber_history(self, subscriber_id: int, email: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """What a subscriber's data download holds besides their row: deliveries and provider events."""
+        """A subscriber's deliveries and provider events, for the editors' page about them."""
         deliveries = self.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
                                           d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
                                    FROM deliveries d JOIN issues i ON i.id = d.issue_id

@@ -32,6 +32,7 @@ from .account import bp as account_bp
 from .audit import bp as audit_bp
 from .editors import bp as editors_bp
 from .people import bp as people_bp
+from .privacy import bp as privacy_bp
 from .public import bp as public_bp
 from .reading import bp as reading_bp
 from .reports import bp as reports_bp
@@ -100,6 +101,7 @@ def create_app(config: Config | str | Path | None = None, **overrides: Any) -> F
     app.register_blueprint(editors_bp)
     app.register_blueprint(account_bp)
     app.register_blueprint(people_bp)
+    app.register_blueprint(privacy_bp)
     app.register_blueprint(audit_bp)
     app.register_blueprint(reports_bp)
     app.register_blueprint(webhooks_bp)

@@ -71,6 +71,11 @@ class Limiter:
         """Take back this attempt, and forget this account's failures from this network."""
         store.throttle_release(attempt.hit_ids, clear=[(LOGIN_ACCOUNT, self.key(name.lower(), network_of(ip)))])
 
+    def forget(self, store: Any, email: str) -> None:
+        """Drop the sign-up counts keyed by an erased reader's address and mailbox."""
+        store.throttle_release([], clear=[(SIGNUP_ADDRESS, self.key(email)),
+                                          (SIGNUP_MAILBOX, self.key(mailbox_of(email)))])
+
     def signup(self, store: Any, email: str, ip: str) -> Attempt:
         """Count a sign-up by network, address and mailbox; recorded every time, so every path does the same."""
         s = self.settings

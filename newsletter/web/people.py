@@ -12,6 +12,7 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 
 from ..context import Context
 from ..model import SUBSCRIBER_STATUSES
+from ..retention import erase as erase_everywhere
 from ..segments import CADENCES
 from ..sources.subscribers import write_csv
 from ..store import Refused, subscriber_target
@@ -190,6 +191,9 @@ def erase(subscriber_id: int) -> Any:
     if request.form.get("confirm") != row["email"]:
         flash("Not erased: type the address exactly to confirm.", "error")
         return _back(subscriber_id)
-    get_ctx().store.editor_erase(subscriber_id, current_editor() or "?")
+    state = web_state()
+    erase_everywhere(state.config, get_ctx().store, row["email"], actor=current_editor() or "?",
+                     subscriber_id=subscriber_id)
+    state.limiter.forget(get_ctx().store, row["email"])
     flash(f"Subscriber {subscriber_id} is erased; only a hash of the address stays, so no import adds it again.")
     return redirect(url_for("people.index"), code=303)

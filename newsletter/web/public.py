@@ -8,7 +8,6 @@ a POST changes anything (link scanners send GET, HEAD and OPTIONS).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Iterable
 
@@ -18,10 +17,11 @@ from flask import (Blueprint, Response, abort, flash, make_response, redirect, r
 from ..model import SUPPRESSED, Notice
 from ..segments import CADENCES
 from ..sources.subscribers import SubscriberError, normalise_email
-from ..store import NOT_BY_LINK, now_iso, subscriber_target
+from ..store import NOT_BY_LINK, subscriber_target
 from ..tokens import TokenError
 from ..welcome import send_welcome
 from . import mailer
+from .consent import Wording, record_form_consent
 from .limits import SIGNUP_ADDRESS, SIGNUP_MAILBOX, SIGNUP_NETWORK
 from .rendering import ARCHIVE_TOKEN, ARCHIVE_VALUES, topics_for_variant
 from .security import csrf_exempt, csrf_valid
@@ -31,10 +31,6 @@ log = logging.getLogger("newsletter.web")
 #: The audit log's actor for what readers do through their signed links.
 READER = "subscriber"
 bp = Blueprint("public", __name__)
-
-EXPORT_FIELDS = ("email", "name", "segment", "cadence", "topics", "status", "created_at", "updated_at",
-                 "confirmed_at", "unsubscribed_at")
-
 
 # -- helpers -----------------------------------------------------------------
 
@@ -114,7 +110,7 @@ HONEYPOT = "website"
 @bp.get("/")
 def subscribe() -> Any:
     return render_template("public/subscribe.html", values={"topics": []}, errors={},
-                           options=form_options(known_topics()))
+                           options=form_options(known_topics()), wording=Wording.from_config(web_state().config))
 
 
 @bp.post("/")
@@ -130,10 +126,13 @@ def subscribe_submit() -> Any:
         errors["email"] = "Enter an email address, like name@example.org."
     if request.form.get("consent") != "yes":
         errors["consent"] = "Tick the box to agree, or we cannot send you the digest."
+    if request.form.get("consent_health") != "yes":
+        errors["consent_health"] = "Tick the box to agree that we keep your choice, or we cannot send the digest."
     if errors:
-        values = {**choices, "email": raw_email.strip(), "consent": request.form.get("consent") == "yes"}
+        values = {**choices, "email": raw_email.strip(), "consent": request.form.get("consent") == "yes",
+                  "consent_health": request.form.get("consent_health") == "yes"}
         return render_template("public/subscribe.html", values=values, errors=errors,
-                               options=form_options(topics_allowed)), 400
+                               options=form_options(topics_allowed), wording=Wording.from_config(state.config)), 400
     if request.form.get(HONEYPOT):
         log.info("sign-up with the hidden field filled: ignored")
         return render_template("public/check_inbox.html")
@@ -174,7 +173,8 @@ def send_confirmation(subscriber: dict[str, Any], withhold: bool) -> None:
 
 def confirm_view(subscriber: dict[str, Any], **extra: Any) -> str:
     return render_template("public/confirm.html", subscriber=subscriber, done=subscriber["status"] == "active",
-                           refused=subscriber["status"] in NOT_BY_LINK, links=links_for(subscriber["id"]), **extra)
+                           refused=subscriber["status"] in NOT_BY_LINK, links=links_for(subscriber["id"]),
+                           wording=Wording.from_config(web_state().config), **extra)
 
 
 @bp.get("/confirm/<confirm_token>")
@@ -191,6 +191,7 @@ def confirm(confirm_token: str) -> Any:
         return confirm_view(subscriber, just_confirmed=True)
     if subscriber["status"] not in NOT_BY_LINK and store.confirm_subscriber(subscriber["id"]):
         store.record_audit(READER, "subscriber.confirm", subscriber_target(subscriber["id"]))
+        record_form_consent(store, web_state().config, subscriber["id"], request.remote_addr)
         # Only the request whose UPDATE activated the address gets here; the welcome itself is planned at
         # most once per person (newsletter/welcome.py), so a repeated confirm never sends a second one.
         outcome = send_welcome(get_ctx(), subscriber["id"], tokens=web_state().tokens)
@@ -252,35 +253,6 @@ def resume(preferences_token: str) -> Any:
         return back_to_preferences(preferences_token)
     flash("The digest is on again.")
     return back_to_preferences(preferences_token)
-
-
-@bp.get("/p/<preferences_token>/data.json")
-def download(preferences_token: str) -> Response:
-    subscriber = subscriber_for("preferences", preferences_token)
-    store = get_ctx().store
-    deliveries, events = store.subscriber_history(subscriber["id"], subscriber["email"])
-    for event in events:
-        event["payload"] = json.loads(event["payload"])
-    data = {"exported_at": now_iso(), "site": web_state().config.site_name,
-            "subscriber": {k: subscriber[k] for k in EXPORT_FIELDS}, "deliveries": deliveries, "events": events}
-    response = make_response(json.dumps(data, indent=2, ensure_ascii=False))
-    response.content_type = "application/json; charset=utf-8"
-    response.headers["Content-Disposition"] = 'attachment; filename="my-newsletter-data.json"'
-    return response
-
-
-@bp.get("/p/<preferences_token>/delete")
-def delete_page(preferences_token: str) -> Any:
-    subscriber = subscriber_for("preferences", preferences_token)
-    return render_template("public/delete.html", subscriber=subscriber, token=preferences_token)
-
-
-@bp.post("/p/<preferences_token>/delete")
-def delete(preferences_token: str) -> Any:
-    subscriber = subscriber_for("preferences", preferences_token)
-    get_ctx().store.remove_subscriber(subscriber["email"], reason="deleted by the subscriber")
-    get_ctx().store.record_audit(READER, "subscriber.erase", subscriber_target(subscriber["id"]))
-    return render_template("public/deleted.html")
 
 
 # -- unsubscribe ---------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""`newsletter purge`: apply the retention settings once, printing what went (a nightly cron line)."""
+
+from __future__ import annotations
+
+import click
+
+from ..context import Context
+from ..retention import purge as run_purge
+from .common import handle_errors, pass_ctx
+
+
+@click.command()
+@pass_ctx
+@handle_errors
+def purge(ctx: Context) -> None:
+    """Remove what the retention settings say has been kept long enough.
+
+    \b
+    Provider events older than retention_events_days (90), sign-ups never
+    confirmed after retention_pending_days (30), and the link between an
+    erased reader's delivery rows after retention_erased_days (0). Running
+    it twice removes nothing more the second time.
+
+    \b
+    Example:
+        newsletter --config /srv/newsletter/newsletter.toml purge
+    """
+    removed = run_purge(ctx.config, ctx.store)
+    for what, count in removed:
+        click.echo(f"{count:>6}  {what}")
+    click.echo(f"{sum(count for _, count in removed)} row(s) removed or unlinked", err=True)

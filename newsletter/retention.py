@@ -1,0 +1,59 @@
+"""What the site keeps, and for how long: `newsletter purge` applies the retention settings, and `erase` removes a
+reader from the database and from the outbox alike.
+
+Each purge step removes only what is past its period, so running purge twice removes nothing the second
+time. Add a step (ledger compaction, say) by appending to PURGE_STEPS: (name, function(config, store, now)).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from . import messengers
+
+
+def _cutoff(now: datetime, days: int) -> str:
+    return (now - timedelta(days=days)).astimezone(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def purge_events(config: Any, store: Any, now: datetime) -> int:
+    return store.purge_events(_cutoff(now, config.retention_events_days))
+
+
+def purge_unconfirmed(config: Any, store: Any, now: datetime) -> int:
+    """Sign-ups never confirmed: erased (their outbox copies too), without a suppression, so they may sign up again."""
+    addresses = store.unconfirmed_signups(_cutoff(now, config.retention_pending_days))
+    for address in addresses:
+        erase(config, store, address, reason="never confirmed", suppress=False)
+    return len(addresses)
+
+
+def unlink_erased(config: Any, store: Any, now: datetime) -> int:
+    return store.unlink_erased_deliveries(_cutoff(now, config.retention_erased_days))
+
+
+PurgeStep = Callable[[Any, Any, datetime], int]
+#: (what it removes, as `purge` prints it; the step). Steps run in this order.
+PURGE_STEPS: list[tuple[str, PurgeStep]] = [
+    ("provider events past retention_events_days", purge_events),
+    ("sign-ups never confirmed within retention_pending_days", purge_unconfirmed),
+    ("erased readers' delivery rows unlinked after retention_erased_days", unlink_erased),
+]
+
+
+def purge(config: Any, store: Any, now: datetime | None = None) -> list[tuple[str, int]]:
+    """Run every purge step; returns (step, how many rows) in order."""
+    now = now or datetime.now(timezone.utc)
+    return [(name, step(config, store, now)) for name, step in PURGE_STEPS]
+
+
+def erase(config: Any, store: Any, address: str, reason: str = "removed", *, suppress: bool = True,
+          actor: str | None = None, subscriber_id: int | None = None) -> dict[str, int] | None:
+    """Erase a reader everywhere we keep them: the database (store.remove_subscriber, or editor_erase when an
+    editor does it) and the messages to them in a Maildir outbox. None when there was no such reader."""
+    if actor is not None and subscriber_id is not None:
+        store.editor_erase(subscriber_id, actor)
+    elif not store.remove_subscriber(address, reason=reason, suppress=suppress):
+        return None
+    return {"outbox_messages": messengers.erase_from_outbox(config, address)}

@@ -1,0 +1,51 @@
+"""A person's data download: every row of every table that refers to them (found from the schema, so a new
+column or table is exported without anyone remembering to), and the wording of each consent they gave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .connection import Tables
+from .subscribers import subscriber_target
+
+#: The columns by which a table refers to a person
+PERSON_COLUMNS = ("subscriber_id", "email")
+
+
+class Export(Tables):
+    def person_tables(self) -> dict[str, list[str]]:
+        """Each ordinary table with a subscriber_id or email column (the subscribers table too), and its columns.
+        The full-text index is left out: it holds only a copy of subscribers.email."""
+        found = {}
+        for row in self.query("""SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+                                 AND sql NOT LIKE 'CREATE VIRTUAL TABLE%' AND name NOT LIKE 'subscriber_search%'
+                                 ORDER BY name"""):
+            columns = [c["name"] for c in self.query(f"PRAGMA table_info('{row['name']}')")]
+            if set(PERSON_COLUMNS) & set(columns):
+                found[row["name"]] = columns
+        return found
+
+    def person_data(self, subscriber_id: int, email: str) -> dict[str, list[dict[str, Any]]]:
+        """Every column of every row that refers to this person, by table; the audit log's rows about them;
+        and the wording of each consent version they agreed to."""
+        data: dict[str, list[dict[str, Any]]] = {}
+        for table, columns in self.person_tables().items():
+            if table == "subscribers":
+                where, params = "id = ?", [subscriber_id]
+            else:
+                clauses = [(f"{c} = ?", subscriber_id if c == "subscriber_id" else email)
+                           for c in PERSON_COLUMNS if c in columns]
+                where, params = " OR ".join(c for c, _ in clauses), [p for _, p in clauses]
+            data[table] = self.query(f"SELECT * FROM '{table}' WHERE {where} ORDER BY rowid", params)
+        data["audit_log"] = self.query("SELECT * FROM audit_log WHERE target = ? ORDER BY id",
+                                       (subscriber_target(subscriber_id),))
+        versions = sorted({r["wording_version"] for r in data.get("consent_records", []) if r["wording_version"]})
+        data["consent_wordings"] = [w for v in versions for w in self.query(
+            "SELECT * FROM consent_wordings WHERE version = ?", (v,))]
+        return data
+
+    def record_consent_wording(self, version: str, text: str, shown_at: str) -> None:
+        """Keep a wording of the consent the first time it is shown; a version never changes its text."""
+        with self.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO consent_wordings (version, text, first_shown_at) VALUES (?, ?, ?)",
+                         (version, text, shown_at))
