@@ -859,6 +859,20 @@ def test_the_access_link_expires_after_an_hour(client, drafts, reader):
     assert expired.status_code == 400 and "expired" in expired.get_data(as_text=True)
 
 
+def test_fresh_data_links_to_one_subscriber_are_limited_per_hour(client, drafts, reader, clock):
+    """Whoever holds a forwarded digest cannot make it mail its owner again and again."""
+    sub, ptok, _ = reader
+    for _ in range(3):
+        access_link(client, drafts, sub, ptok)
+    sent_before = len(mails_to(drafts, sub["email"]))
+    page = client.get(f"/p/{ptok}/delete")
+    refused = client.post(f"/p/{ptok}/access", data={"csrf_token": csrf_from(page)})
+    assert refused.status_code == 429 and "several times" in refused.get_data(as_text=True)
+    assert len(mails_to(drafts, sub["email"])) == sent_before
+    clock.now += 3601  # the app's clock: the counters it keeps in SQLite
+    assert access_link(client, drafts, sub, ptok).startswith("/a/")  # the next hour, again
+
+
 @pytest.mark.parametrize("kind", ["forged signature", "other subscriber", "wrong purpose", "another secret",
                                   "garbage"])
 @pytest.mark.parametrize("action", ["", "/pause", "/access"])

@@ -52,6 +52,7 @@ FLASK_DEFAULTS = {
     "SUBSCRIBE_MAX_PER_MAILBOX": 5,  # ... to one mailbox (plus-tags, Gmail's dots) per window
     "SUBSCRIBE_MAX_PER_IP": 30,      # sign-up attempts from one network per window
     "SUBSCRIBE_WINDOW_SECONDS": 3600,
+    "ACCESS_MAX_PER_SUBSCRIBER": 3,  # fresh data links mailed to one subscriber per window
     "CLOCK": time.time,              # wall-clock: the counters and sessions in SQLite outlive the process
     "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,
 }

@@ -15,9 +15,11 @@ from ..store import Attempt, Limit
 DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 LOGIN_ACCOUNT, LOGIN_NETWORK = "login-account", "login-network"
 SIGNUP_NETWORK, SIGNUP_ADDRESS, SIGNUP_MAILBOX = "signup-network", "signup-address", "signup-mailbox"
+ACCESS_LINK = "access-link"
 #: The Flask config keys the limits are read from (web/app.py FLASK_DEFAULTS gives their defaults).
 SETTINGS = ("LOGIN_MAX_FAILURES", "LOGIN_MAX_FAILURES_IP", "LOGIN_WINDOW_SECONDS", "LOGIN_MAX_LOCK_SECONDS",
-            "SUBSCRIBE_MAX_PER_ADDRESS", "SUBSCRIBE_MAX_PER_MAILBOX", "SUBSCRIBE_MAX_PER_IP", "SUBSCRIBE_WINDOW_SECONDS")
+            "SUBSCRIBE_MAX_PER_ADDRESS", "SUBSCRIBE_MAX_PER_MAILBOX", "SUBSCRIBE_MAX_PER_IP", "SUBSCRIBE_WINDOW_SECONDS",
+            "ACCESS_MAX_PER_SUBSCRIBER")
 
 
 def network_of(ip: str) -> str:
@@ -75,6 +77,12 @@ class Limiter:
         """Drop the sign-up counts keyed by an erased reader's address and mailbox."""
         store.throttle_release([], clear=[(SIGNUP_ADDRESS, self.key(email)),
                                           (SIGNUP_MAILBOX, self.key(mailbox_of(email)))])
+
+    def access_link(self, store: Any, subscriber_id: int) -> Attempt:
+        """Count a request for a fresh data link: whoever holds a forwarded digest cannot flood its owner."""
+        s = self.settings
+        return store.throttle_attempt([Limit(ACCESS_LINK, self.key(str(subscriber_id)), s["ACCESS_MAX_PER_SUBSCRIBER"],
+                                             s["SUBSCRIBE_WINDOW_SECONDS"])], self.clock())
 
     def signup(self, store: Any, email: str, ip: str) -> Attempt:
         """Count a sign-up by network, address and mailbox; recorded every time, so every path does the same."""

@@ -57,6 +57,9 @@ def send_access_link(preferences_token: str) -> Any:
     """Mail a link that works an hour to the subscriber's own address; the page says only that it was sent."""
     subscriber = subscriber_for("preferences", preferences_token)
     state = web_state()
+    if state.limiter.access_link(get_ctx().store, subscriber["id"]).wait:
+        abort(429, description="A link was sent to this address several times in the last hour. "
+                               "Use the newest one, or try again later.")
     url = absolute(url_for("privacy.access", access_token=state.tokens.sign("access", subscriber["id"])))
     text = render_template("public/access.txt", url=url).rstrip("\n") + "\n"
     try:
