@@ -19,7 +19,7 @@ from .export import Export
 from .feeds import NOTICE_AFTER, Feeds
 from .issues import TRANSITIONS, Issues, may_send, reading_hold
 from .ledger import Ledger
-from .migrations import migrations
+from .schema import migrations
 from .reading import Reading
 from .reports import Reports
 from .schedule import SCHEDULABLE, Schedule, due

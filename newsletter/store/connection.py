@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 from sqlite_utils import Database
 
 from ..model import derive_key
-from .migrations import migrations
+from .schema import migrations
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
