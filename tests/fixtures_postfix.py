@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import bench
+from newsletter import bench_postfix
 from tests.conftest import read_maildir
 from tests.fixtures_servers import free_port
 
@@ -108,14 +108,14 @@ class PostfixRelay:
         return self.root / "maillog"
 
     def write_config(self) -> None:
-        """The bench's private instance (newsletter.bench.postfix_params), delivering the test domain into Maildirs."""
+        """The bench's private instance (bench_postfix.postfix_params), delivering the test domain into Maildirs."""
         (self.root / "mail").mkdir(parents=True, exist_ok=True)
         os.chown(self.root / "mail", MAIL_UID, MAIL_GID)
         (self.root / "etc").mkdir(parents=True, exist_ok=True)
         maps = self.config_dir / "virtual_mailboxes"
         maps.write_text("".join(f"/{pattern}/ {name}/\n" for pattern, name in self.mailboxes.items()))
         params = {
-            **bench.postfix_params(self.root, self.tls.cert, self.tls.key),
+            **bench_postfix.postfix_params(self.root, self.tls.cert, self.tls.key),
             "default_transport": "error:5.7.1 nothing leaves the test relay",
             "virtual_mailbox_domains": DOMAIN, "virtual_mailbox_base": str(self.root / "mail"),
             "virtual_mailbox_maps": f"regexp:{maps}", "virtual_minimum_uid": "100",
@@ -123,7 +123,7 @@ class PostfixRelay:
             "smtpd_tls_received_header": "yes",
             **self.main_cf,
         }
-        bench.write_postfix(self.root, self.port, params)
+        bench_postfix.write_postfix(self.root, self.port, params)
 
     def start(self) -> None:
         """Start (again, on the same port) and wait until smtpd answers; a failure fails the test."""
@@ -131,14 +131,14 @@ class PostfixRelay:
         # warns into the maillog, which postlogd created as root: let the mail owner open it.
         if self.log_file.exists():
             shutil.chown(self.log_file, user="postfix", group="postfix")
-        proc = bench.postfix(self.config_dir, "start")
+        proc = bench_postfix.postfix(self.config_dir, "start")
         if proc.returncode != 0 or not _wait_listening(self.port, 30):
             pytest.fail(f"Postfix did not start on 127.0.0.1:{self.port} (exit {proc.returncode}): "
                         f"{proc.stderr.strip()[-1500:]}\n{self.log()[-2000:]}")
 
     def stop(self) -> None:
         """Stop the whole instance; returns once nothing listens on its port."""
-        bench.postfix(self.config_dir, "stop")
+        bench_postfix.postfix(self.config_dir, "stop")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _listening(self.port):
             time.sleep(0.05)
