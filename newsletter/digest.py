@@ -68,6 +68,7 @@ class RunReport:
     tally: Tally = field(default_factory=Tally)
     messenger_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # approved issues kept back (enforce_reading_grade): a failure
 
 
 class DigestRunner:
@@ -157,7 +158,7 @@ class DigestRunner:
             issues = [self.sendable_issue(i, retrying) for i in issue_ids]
         issues = [issue for issue in issues if may_send(issue, retrying)]
         held = {issue["id"]: why for issue in issues if (why := self.reading_hold(issue))}
-        report.warnings += held.values()
+        report.held += held.values()
         issues = [issue for issue in issues if issue["id"] not in held]
         if not issues:
             return

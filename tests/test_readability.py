@@ -126,8 +126,11 @@ def test_an_enforcing_site_holds_an_issue_with_hard_text(hard_issue, runner):
     assert len(issues) == 3  # one per segment, each carrying the summary; all held
     lines = [f"issue {i['id']}: held, reading grade above 8 (enforce_reading_grade): "
              "a-study patients (Flesch-Kincaid 14.3)" for i in issues]
-    assert [line for line in run.stderr.splitlines() if line.startswith("warning:")] == [
-        f"warning: {line}" for line in lines]
+    assert [line for line in run.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {line}" for line in lines]
+    assert run.exit_code == 1  # cron must hear of an approved issue that does not go out
+    again = invoke(runner, ctx, "digest", "run", "--send-only")
+    assert again.exit_code == 1 and again.stderr.count("held, reading grade") == 3
     assert read_maildir(ctx.config.outbox) == []
     assert all(ctx.store.delivery_counts(i["id"]) == {} for i in issues)
     patients = next(i for i in issues if i["segment"] == "patients")

@@ -47,7 +47,8 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
     each run once their delay (5 minutes, doubling, at most 4 hours) is over,
     for retry_deferred_days; after a few transient failures in a row the run
     stops and leaves the rest deferred. Exits non-zero when anything failed or
-    is unknown, or the run stopped.
+    is unknown, the run stopped, or an approved issue is held back because its
+    text is above max_reading_grade (enforce_reading_grade).
 
     \b
     Example (cron, Monday 07:00; and every ten minutes):
@@ -72,7 +73,7 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
             click.echo(str(exc), err=True)
             return
     print_report(report)
-    if report.tally.needs_attention:
+    if report.tally.needs_attention or report.held:
         sys.exit(1)
 
 
@@ -123,6 +124,8 @@ def print_report(report: RunReport) -> None:
     else:
         for reason, count in report.tally.deferrals.most_common(3):
             click.echo(f"  {count} x {reason} (deferred, will retry)", err=True)
+    for held in report.held:
+        click.echo(f"error: {held}", err=True)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(report.tally.line())
