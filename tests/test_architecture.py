@@ -25,7 +25,7 @@ LAYERS = [
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
     {"digest"},
-    {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention"},
+    {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention", "notices"},
     {"bootstrap", "bench", "bench_floor", "bench_search", "bench_sinks", "bench_postfix"},
     {"cli", "web", "__main__"},
 ]

@@ -189,3 +189,16 @@ def test_the_subscriber_page_shows_their_consent_records(drafts, admin):
     [record] = [r for r in drafts.store.consent_records(sub["id"]) if r not in before]
     assert record["basis"] == "sign-up form"
     assert "basis: sign-up form" in admin.get(f"/editor/subscribers/{sub['id']}").get_data(as_text=True)
+
+
+def test_an_editor_is_told_at_once_when_a_resent_confirmation_is_not_taken(drafts, make_app, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    client = make_app(drafts, outbox=str(blocker / "outbox")).test_client()
+    assert login(client).status_code == 303
+    pending = drafts.store.sign_up("late@example.org", "patients", "weekly", [])
+    page = client.post(f"/editor/subscribers/{pending['id']}/resend", data={"csrf_token": form_token(client, "/")},
+                       follow_redirects=True).get_data(as_text=True)
+    assert "Not sent: maildir: cannot open the outbox" in page
+    assert drafts.store.audit_entries(action="subscriber.resend-confirmation") == []
+    assert drafts.store.queued_notices() == []  # the editor decides what next; nothing queued behind their back

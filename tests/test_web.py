@@ -18,7 +18,7 @@ import http.cookiejar
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -151,7 +151,11 @@ def subscribe(client, **fields):
     if "csrf_token" not in data:
         data["csrf_token"] = form_token(client, "/")
     data = {k: v for k, v in data.items() if v is not None}
-    return client.post("/", data=data)
+    return client.post("/", data=data, buffered=True)  # buffered: the response is closed, so the mail goes
+
+
+def invoke_cli(runner, ctx, *args):
+    return runner.invoke(cli, ["--config", str(ctx.config.source), *map(str, args)], catch_exceptions=False)
 
 
 def active_subscriber(ctx) -> dict:
@@ -637,13 +641,27 @@ def test_a_removed_address_can_come_back_only_by_confirming(client, drafts):
     assert not drafts.store.is_suppressed(sub["email"])
 
 
-def test_subscribe_answers_503_when_the_confirmation_cannot_be_sent(drafts, make_app, tmp_path):
+def test_a_confirmation_the_transport_refuses_is_queued_and_sent_later(drafts, make_app, tmp_path, runner):
+    """The answer never says whether the mail went (that would tell a held-back address from others);
+    what the transport did not take waits for `newsletter notices send`."""
+    reference = subscribe(make_app(drafts).test_client(), email="first@example.org")
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     client = make_app(drafts, outbox=str(blocker / "outbox")).test_client()
     response = subscribe(client)
-    assert response.status_code == 503
-    assert "could not send the confirmation" in response.get_data(as_text=True)
+    assert (response.status_code, response.get_data()) == (reference.status_code, reference.get_data())
+    [queued] = drafts.store.queued_notices()
+    assert (queued["recipient"], queued["category"], queued["attempts"]) == ("reader@example.org", "confirmation", 1)
+    assert "Not a directory" in queued["error"]
+    assert mails_to(drafts, "reader@example.org") == []
+    early = invoke_cli(runner, drafts, "notices", "send")
+    assert (early.exit_code, early.stdout.strip()) == (1, "sent 0, unknown 0, waiting 1, dropped 0")  # not due yet
+    later = (datetime.now(timezone.utc) + timedelta(minutes=6)).isoformat()
+    done = invoke_cli(runner, drafts, "notices", "send", "--now", later)
+    assert (done.exit_code, done.stdout.strip()) == (0, "sent 1, unknown 0, waiting 0, dropped 0")
+    [mail] = mails_to(drafts, "reader@example.org")
+    assert "/confirm/" in text_of(mail)
+    assert drafts.store.queued_notices() == []
 
 
 def test_confirmation_over_smtp_reaches_the_server(drafts, make_app, smtp_server):
@@ -665,9 +683,11 @@ def test_confirmation_through_sendgrid_passes_its_contract(make_site, make_app, 
     assert ctx.store.get_subscriber("reader@example.org")["status"] == "pending"
 
 
-def test_confirmation_through_sendgrid_without_a_key_is_a_503(make_site, make_app, prism):
+def test_confirmation_through_sendgrid_without_a_key_is_queued(make_site, make_app, prism):
     ctx = make_site("sg", backend="sendgrid", legacy_consent=True, sendgrid_host=prism.url)
-    assert subscribe(make_app(ctx).test_client(), topics=[]).status_code == 503
+    assert subscribe(make_app(ctx).test_client(), topics=[]).status_code == 200
+    [queued] = ctx.store.queued_notices()
+    assert "SENDGRID_API_KEY" in queued["error"]
 
 
 def test_sendgrid_confirmation_payload_keeps_the_link_untracked(drafts):

@@ -9,7 +9,8 @@ import logging
 
 import click
 
-from . import audit, bench, bounces, digest, issues, preview, purge, report, setup, subscribers, summaries, web
+from . import (audit, bench, bounces, digest, issues, notices, preview, purge, report, setup, subscribers, summaries,
+               web)
 from .common import LazyContext
 
 
@@ -38,7 +39,7 @@ def cli(click_ctx: click.Context, config_path: str | None, verbose: bool) -> Non
 
 for command in (setup.init, setup.demo, setup.settings, summaries.summaries, subscribers.subscribers,
                 digest.digest, digest.status, issues.issues, preview.preview, report.report, bench.bench, web.serve,
-                web.editors, bounces.bounces, audit.audit, purge.purge):
+                web.editors, bounces.bounces, audit.audit, purge.purge, notices.notices):
     cli.add_command(command)
 
 __all__ = ["cli"]

@@ -17,6 +17,7 @@ from .editor_sessions import EditorSessions
 from .events import Events
 from .export import Export
 from .feeds import NOTICE_AFTER, Feeds
+from .notice_queue import NoticeQueue
 from .issues import TRANSITIONS, Issues, may_send, reading_hold
 from .ledger import Ledger
 from .schema import migrations
@@ -52,6 +53,7 @@ class Store(
     AuditLog,
     Reading,
     Welcomes,
+    NoticeQueue,
     Tables,
 ):
     """All table groups on one connection (a transaction may span groups)."""
@@ -60,7 +62,7 @@ class Store(
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SCHEDULABLE", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Export", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit", "Reading", "Refused",
+    "Events", "Export", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit", "NoticeQueue", "Reading", "Refused",
     "Reports", "Retention", "Schedule", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables",
     "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "due", "email_hash", "may_send", "migrations", "next_string", "now_iso",

@@ -138,6 +138,7 @@ class Subscribers(Tables):
             conn.execute("UPDATE events SET email = NULL, subscriber_id = NULL, payload = '{}' "
                          "WHERE lower(email) = lower(?) OR subscriber_id = ?", (email, sid))
             conn.execute("DELETE FROM rejected_events WHERE instr(lower(payload), lower(?))", (email,))
+            conn.execute("DELETE FROM queued_notices WHERE lower(recipient) = lower(?)", (email,))
             conn.execute("UPDATE audit_log SET detail = '{}' WHERE target = ? OR instr(lower(detail), lower(?))",
                          (subscriber_target(sid), email))
             if suppress:

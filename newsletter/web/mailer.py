@@ -1,33 +1,42 @@
-"""The one kind of email the web app sends itself: the sign-up confirmation.
+"""The emails the web app sends itself: the sign-up confirmation and the data-access link.
 
-A plain-text notice (templates/public/confirmation.txt) handed to the configured
-messenger (Maildir, SMTP or SendGrid with tracking off, so the signed link
-reaches the reader unchanged).
+Plain-text notices (templates/public/*.txt) for the configured messenger (Maildir, SMTP or SendGrid with
+tracking off, so the signed link reaches the reader unchanged). A confirmation is handed over only once the
+answer has gone (newsletter/notices.py says why), and what the transport does not take is queued; the access
+link, asked for by someone who already holds the reader's own link, is sent at once and a failure is a 503.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..messengers import send_notice
-from ..model import FatalSendError, Notice
+from flask import after_this_request
+
+from ..context import Context
+from ..model import Notice
+from ..notices import deliver, try_send
 
 
 class MailError(Exception):
-    """The confirmation could not be handed to the transport."""
+    """The notice could not be handed to the transport."""
 
 
-def hand_over(config: Any, notice: Notice, withhold: bool = False) -> None:
-    """Hand the confirmation to the configured messenger, or raise MailError.
+def hand_over(config: Any, notice: Notice) -> None:
+    """Hand the notice to the configured messenger now, or raise MailError."""
+    status, error = try_send(config, notice)
+    if status != "sent":
+        raise MailError(error or status)
+
+
+def hand_over_after_answer(config: Any, notice: Notice, withhold: bool = False) -> None:
+    """Send the confirmation when this request's answer has been written (Werkzeug closes the response then).
 
     A withheld one (an address that bounced or complained, or is over its limit) was composed all the same,
-    so the request did the same work up to the transport.
-    """
+    and nothing on the way out tells them apart: the same page, at the same moment."""
     if withhold:
         return
-    try:
-        outcome = send_notice(config, notice)
-    except FatalSendError as exc:
-        raise MailError(str(exc)) from None
-    if outcome.status != "sent":
-        raise MailError(f"{config.backend}: {outcome.status}: {outcome.error}")
+
+    @after_this_request
+    def send_when_answered(response: Any) -> Any:
+        response.call_on_close(lambda: deliver(config, notice, lambda: Context(config).store))
+        return response

@@ -147,12 +147,12 @@ def subscribe_submit() -> Any:
     # us as spam. The page says the same whatever happened.
     withhold = subscriber["status"] in NOT_BY_LINK or bool(attempt.waits[SIGNUP_ADDRESS] or
                                                            attempt.waits[SIGNUP_MAILBOX])
-    send_confirmation(subscriber, withhold)
+    mailer.hand_over_after_answer(web_state().config, confirmation(subscriber), withhold=withhold)
     return render_template("public/check_inbox.html")
 
 
-def send_confirmation(subscriber: dict[str, Any], withhold: bool) -> None:
-    """Compose the confirmation (or, for an active subscriber, a link to preferences) and hand it over."""
+def confirmation(subscriber: dict[str, Any]) -> Notice:
+    """The confirmation (or, for an active subscriber, a link to preferences)."""
     state = web_state()
     config = state.config
     active = subscriber["status"] == "active"
@@ -163,12 +163,7 @@ def send_confirmation(subscriber: dict[str, Any], withhold: bool) -> None:
         url = absolute(url_for("public.confirm", confirm_token=state.tokens.sign("confirm", subscriber["id"])))
         subject = f"Confirm your subscription to {config.site_name}"
     text = render_template("public/confirmation.txt", active=active, url=url).rstrip("\n") + "\n"
-    try:
-        mailer.hand_over(config, Notice(to=subscriber["email"], subject=subject, text=text, category="confirmation"),
-                         withhold=withhold)
-    except mailer.MailError as exc:
-        log.error("confirmation email not sent: %s", exc)
-        abort(503, description="We could not send the confirmation email just now. Please try again later.")
+    return Notice(to=subscriber["email"], subject=subject, text=text, category="confirmation")
 
 
 def confirm_view(subscriber: dict[str, Any], **extra: Any) -> str:
