@@ -18,7 +18,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from .model import kept_event_fields
+from .model import kept_event_fields, read_delivery_tag
 from .sources.bounces import Report, parse_report, verp_deliveries
 
 log = logging.getLogger("newsletter.feedback")
@@ -269,13 +269,18 @@ def report_verdict(report: Report) -> tuple[str | None, str]:
     return judged[0] if judged else (None, "")
 
 
-def match_delivery(store: Any, report: Report, bounce_address: str) -> tuple[dict[str, Any] | None, str]:
-    """The delivery a report is about, from what we put in the message; never from an address alone."""
-    ids = set(report.deliveries) | {d for _, d in report.message_ids}
+def match_delivery(store: Any, report: Report, bounce_address: str,
+                   tag_key: bytes = b"") -> tuple[dict[str, Any] | None, str]:
+    """The delivery a report is about, from what we put in the message; never from an address alone. With a
+    tag key (from NEWSLETTER_SECRET) only a signed delivery tag counts, so nobody can name a delivery by guessing."""
+    tags = set(report.deliveries) | {d for _, d in report.message_ids}
     if bounce_address:
-        ids |= verp_deliveries(report.envelope_to, bounce_address)
-    if not ids:
+        tags |= verp_deliveries(report.envelope_to, bounce_address)
+    if not tags:
         return None, "names no delivery of ours"
+    ids = {i for tag in tags if (i := read_delivery_tag(tag_key, tag)) is not None}
+    if not ids:
+        return None, "its delivery tag does not verify"
     if len(ids) > 1:
         return None, "names several deliveries"
     delivery = store.delivery(ids.pop())
@@ -287,7 +292,7 @@ def match_delivery(store: Any, report: Report, bounce_address: str) -> tuple[dic
     return delivery, ""
 
 
-def process_report(store: Any, raw: bytes, bounce_address: str = "") -> str:
+def process_report(store: Any, raw: bytes, bounce_address: str = "", tag_key: bytes = b"") -> str:
     """Handle one bounce or complaint message once; returns what became of it (a verdict, or why not)."""
     report = parse_report(raw)
     seen = store.bounce_report_verdict(MAIL, report.ref)
@@ -297,7 +302,7 @@ def process_report(store: Any, raw: bytes, bounce_address: str = "") -> str:
     if report.kind == "unknown":
         log.info("bounce mail %s: unreadable: %s", report.ref, report.problem)
     else:
-        delivery, why = match_delivery(store, report, bounce_address)
+        delivery, why = match_delivery(store, report, bounce_address, tag_key)
         record["verdict"] = "unmatched"
         if delivery is None:
             log.info("bounce mail %s: a %s report, unmatched: %s", report.ref, report.kind, why)
@@ -314,12 +319,12 @@ def process_report(store: Any, raw: bytes, bounce_address: str = "") -> str:
     return record["verdict"]
 
 
-def process_mailbox(store: Any, box: Any, bounce_address: str = "") -> Counter:
+def process_mailbox(store: Any, box: Any, bounce_address: str = "", tag_key: bytes = b"") -> Counter:
     """Every message in the bounce mailbox, each handled once and then moved: understood ones to
     `processed`, the rest to `unreadable` for a person to read. Nothing is deleted."""
     counts: Counter = Counter()
     for key, raw in box.items():
-        outcome = process_report(store, raw, bounce_address)
+        outcome = process_report(store, raw, bounce_address, tag_key)
         box.move(key, "unreadable" if outcome in UNREADABLE else "processed")
         counts[outcome] += 1
     return counts

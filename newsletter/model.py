@@ -154,13 +154,44 @@ def list_code(key: bytes, segment: str, cadence: str) -> str:
     return "l" + hmac.new(key, f"{segment}\x00{cadence}".encode(), hashlib.sha256).hexdigest()[:15]
 
 
+TAG_MAC_LENGTH = 12  # hex digits: 48 bits, lowercase, since a VERP local part may come back in any case
+#: What a delivery tag looks like inside a returned message: the id, then (when signed) its MAC.
+DELIVERY_TAG = r"\d{1,18}(?:-[0-9a-fA-F]{%d})?" % TAG_MAC_LENGTH
+
+
+def delivery_tag_key(secret: str | None) -> bytes:
+    """The key that signs delivery tags (none without NEWSLETTER_SECRET: tags are then the bare ids)."""
+    return derive_key(secret, "delivery tags") if secret else b""
+
+
+def delivery_tag(key: bytes, delivery_id: int) -> str:
+    """A delivery as we name it in a message (Message-ID, X-Newsletter-Delivery, the VERP address): its id and a
+    MAC of it, so a forged bounce or complaint cannot mark a reader by guessing the next delivery number."""
+    if not key:
+        return str(delivery_id)
+    mac = hmac.new(key, str(delivery_id).encode(), hashlib.sha256).hexdigest()[:TAG_MAC_LENGTH]
+    return f"{delivery_id}-{mac}"
+
+
+def read_delivery_tag(key: bytes, tag: str) -> int | None:
+    """The delivery id a tag names, or None when it does not verify (with a key, an unsigned id never does)."""
+    number, _, _mac = tag.lower().partition("-")
+    if not number.isdigit():
+        return None
+    return int(number) if hmac.compare_digest(delivery_tag(key, int(number)), tag.lower()) else None
+
+
 @dataclass
 class Sender:
     email: str
     name: str = ""
     reply_to: str = ""
     site_url: str = ""
-    bounce_address: str = ""  # VERP base: a delivery goes out with MAIL FROM local+<delivery id>@domain
+    bounce_address: str = ""  # VERP base: a delivery goes out with MAIL FROM local+<delivery tag>@domain
+    tag_key: bytes = b""  # signs the delivery tags in our messages (delivery_tag_key, delivery_tag)
+
+    def tag(self, delivery_id: int) -> str:
+        return delivery_tag(self.tag_key, delivery_id)
 
     def envelope_from(self, delivery_id: int | None = None) -> str:
         """The SMTP envelope sender (MAIL FROM): with a bounce_address, a delivery's VERP address, which
@@ -168,7 +199,7 @@ class Sender:
         local, at, domain = self.bounce_address.rpartition("@")
         if not (local and at and domain):
             return self.email
-        return f"{local}+{delivery_id}@{domain}" if delivery_id else self.bounce_address
+        return f"{local}+{self.tag(delivery_id)}@{domain}" if delivery_id else self.bounce_address
 
 
 @dataclass

@@ -71,8 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhook_public_key", "", "SendGrid Event Webhook verification key (base64 ECDSA public key)."),
     Setting("bounce_mailbox", "", "Where bounces and complaints arrive: maildir:PATH, or imaps://USER@HOST[:PORT]/MAILBOX "
             "(imap:// uses STARTTLS); the IMAP password comes from NEWSLETTER_BOUNCE_PASSWORD."),
-    Setting("bounce_address", "", "Bounce address for VERP: mail goes out with MAIL FROM bounces+DELIVERY@domain, "
-            "so a bounce names its delivery; empty = the sender_email, no VERP."),
+    Setting("bounce_address", "", "Bounce address for VERP: mail goes out with MAIL FROM bounces+TAG@domain "
+            "(TAG: the delivery, signed), so a bounce names its delivery; empty = the sender_email, no VERP."),
     Setting("bounce_ca_file", "", "PEM bundle trusted for the IMAP server (a private CA); empty = the system's.",
             path=True),
     Setting("webhook_tolerance_seconds", 300, "Signed webhook requests older or newer than this many seconds are refused.",

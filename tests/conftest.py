@@ -34,6 +34,17 @@ settings.register_profile("long", max_examples=3000, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SECRET = "test-secret-not-for-production"
+
+
+def delivery_of(message) -> int:
+    """The delivery a sent message names in X-Newsletter-Delivery (its signed tag, `id-mac`)."""
+    return int(str(message["X-Newsletter-Delivery"]).partition("-")[0])
+
+
+def tag_of(ctx, delivery_id: int) -> str:
+    """The signed tag a site puts in its messages for a delivery (model.delivery_tag)."""
+    from newsletter.model import delivery_tag, delivery_tag_key
+    return delivery_tag(delivery_tag_key(ctx.config.secret), delivery_id)
 POSTAL = "MS Research Digest, 1 Test Street, Testville, USA"
 #: The morning after the newest bundled sample summary (2026-11-19).
 SAMPLE_NOW = datetime.fromisoformat("2026-11-20T07:00:00")

@@ -12,7 +12,7 @@ from newsletter import feedback
 from newsletter.bootstrap import sample_summary_files
 from newsletter.cli import cli
 from newsletter.cli.audit import cli_actor
-from tests.conftest import SAMPLE_NOW, load_samples, read_maildir
+from tests.conftest import SAMPLE_NOW, delivery_of, load_samples, read_maildir
 from tests.test_bounces import bounce_of, bounce_box
 from tests.test_web import (app, client, clock, csrf_from, drafts, form_token, make_app, subscribe,  # noqa: F401
                             tokens)
@@ -119,7 +119,7 @@ def test_suppressions_from_the_webhook_and_bounce_mail_name_the_provider(make_si
     assert (row["actor"], row["target"]) == ("provider:sendgrid", f"subscriber:{first['subscriber_id']}")
     assert row["detail"]["status"] == ["active", "complained"]
 
-    message = next(m for m in read_maildir(ctx.config.outbox) if int(m["X-Newsletter-Delivery"]) == second["id"])
+    message = next(m for m in read_maildir(ctx.config.outbox) if delivery_of(m) == second["id"])
     box = bounce_box(ctx)
     box.add(bounce_of("postfix_user_unknown", message))
     box.close()

@@ -21,7 +21,7 @@ from newsletter.render import Renderer
 from newsletter.settings import ConfigError
 from newsletter.tokens import Tokens
 
-from .conftest import POSTAL, SAMPLE_NOW, SECRET, load_samples, read_maildir
+from .conftest import POSTAL, SAMPLE_NOW, SECRET, delivery_of, load_samples, read_maildir
 
 SITE_URL = "https://digest.example.org"
 UNSUB_RE = re.compile(re.escape(SITE_URL) + r"/u/([A-Za-z0-9_.\-]+)")
@@ -241,7 +241,7 @@ def test_every_delivery_is_recorded(loaded):
     assert len(sent) == report.tally.sent == len(keys)
     assert {d["provider_id"] for d in sent} == keys
     for msg in outbox(loaded):
-        row = next(d for d in rows if d["id"] == int(msg["X-Newsletter-Delivery"]))
+        row = next(d for d in rows if d["id"] == delivery_of(msg))
         assert row["email"] == recipient(msg)
         assert row["issue_id"] == int(msg["X-Newsletter-Issue"])
 

@@ -19,7 +19,7 @@ from newsletter.messengers import messenger_from_config
 from newsletter.model import PLACEHOLDERS, recipient_values
 from newsletter.render import Renderer
 from newsletter.welcome import next_send_day, render_welcome, send_welcome
-from tests.conftest import SAMPLE_NOW, load_samples
+from tests.conftest import SAMPLE_NOW, delivery_of, load_samples
 from tests.test_web import (app, clock, client, csrf_from, drafts, form_token, mails_to, make_app,  # noqa: F401
                             path_of, subscribe, text_of, tokens)
 
@@ -75,7 +75,7 @@ def test_confirming_sends_one_welcome_that_says_what_when_and_how_to_leave(clien
     # Recorded in the ledger like any delivery, against the welcome issue of the reader's audience.
     [row] = drafts.store.welcome_deliveries(sub["id"])
     assert (row["status"], row["segment"], row["cadence"]) == ("sent", "caregivers", "monthly")
-    assert msg["X-Newsletter-Delivery"] == str(row["id"]) and msg["X-Newsletter-Issue"] == str(row["issue_id"])
+    assert delivery_of(msg) == row["id"] and msg["X-Newsletter-Issue"] == str(row["issue_id"])
 
 
 def test_a_weekly_reader_gets_a_link_to_the_latest_sent_digest_of_their_segment(make_site, make_app):

@@ -6,6 +6,7 @@ import click
 
 from ..context import Context
 from ..feedback import process_mailbox
+from ..model import delivery_tag_key
 from ..setting_values import ConfigError, parse_mailbox
 from ..sources.bounces import BounceMailboxError, open_mailbox
 from .common import handle_errors, pass_ctx
@@ -28,7 +29,8 @@ def bounces_process(ctx: Context) -> None:
     Delivery status notifications (RFC 3464), the common free-text bounces and
     complaint reports (RFC 5965) are matched to their delivery by the
     Message-ID and X-Newsletter-Delivery header of the returned message (or
-    a VERP address when bounce_address is set), never by the address alone. A
+    a VERP address when bounce_address is set), each carrying the delivery's
+    number signed with NEWSLETTER_SECRET, never by the address alone. A
     hard bounce (5.x.x) marks the subscriber bounced, soft ones (4.x.x) on three
     issues in a row do too, a complaint marks it complained. Handled messages
     move to the mailbox's `processed` folder, those that cannot be read or
@@ -46,7 +48,7 @@ def bounces_process(ctx: Context) -> None:
     try:
         box = open_mailbox(parse_mailbox(config.bounce_mailbox), config.bounce_password, config.bounce_ca_file)
         try:
-            counts = process_mailbox(store, box, config.bounce_address)
+            counts = process_mailbox(store, box, config.bounce_address, delivery_tag_key(config.secret))
         finally:
             box.close()
     except BounceMailboxError as exc:

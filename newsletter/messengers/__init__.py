@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import Messenger, Notice, Outcome, Sender, derive_key
+from ..model import Messenger, Notice, Outcome, Sender, delivery_tag_key, derive_key
 
 
 def sender_from_config(config: Any) -> Sender:
     return Sender(email=config.sender_email, name=config.sender_name, reply_to=config.reply_to,
-                  site_url=config.site_url, bounce_address=config.bounce_address)
+                  site_url=config.site_url, bounce_address=config.bounce_address,
+                  tag_key=delivery_tag_key(config.secret))
 
 
 def messenger_from_config(config: Any) -> Messenger:

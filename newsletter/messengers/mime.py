@@ -128,7 +128,7 @@ class MimeTemplate:
     """The parts of a variant's message that are the same for every recipient."""
 
     def __init__(self, rendered: Rendered, sender: Sender):
-        self.rendered = rendered
+        self.rendered, self.sender = rendered, sender
         self.domain = _ascii_host(sender.email.rpartition("@")[2] or "localhost")
         host = _ascii_host(urlsplit(sender.site_url).hostname or self.domain)
         # The List-Id names the cadence only: a segment would tell every receiving provider a diagnosis.
@@ -146,11 +146,12 @@ class MimeTemplate:
 
     def message_bytes(self, envelope: Envelope) -> bytes:
         html, text = self.rendered.personalise(envelope.values)
+        tag = self.sender.tag(envelope.delivery_id)  # signed: bounces are matched by it (sources/bounces.py)
         head = (address_header("To", envelope.name, envelope.email)
                 + f"Date: {format_datetime(localtime())}\n"
-                + _message_id(f"{self.rendered.issue_id}.{envelope.delivery_id}", self.domain)
+                + _message_id(f"{self.rendered.issue_id}.{tag}", self.domain)
                 + f"List-Unsubscribe: <{envelope.unsubscribe_url}>\n"
-                f"X-Newsletter-Delivery: {envelope.delivery_id}\n{self.content_type}").encode("utf-8")
+                f"X-Newsletter-Delivery: {tag}\n{self.content_type}").encode("utf-8")
         return b"".join((self.head, head, self.text_head, _qp(text), self.html_head, _qp(html), self.tail))
 
 

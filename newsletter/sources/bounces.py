@@ -27,11 +27,12 @@ from typing import Iterator
 
 from flufl.bounce import all_failures
 
+from ..model import DELIVERY_TAG
 from ..setting_values import Mailbox
 
 #: Our Message-ID: <issue.delivery.12 hex digits@domain> (messengers/mime.py writes it).
-OUR_MESSAGE_ID = re.compile(r"<(\d{1,18})\.(\d{1,18})\.[0-9a-f]{12}@", re.I)
-DELIVERY_HEADER = re.compile(r"^X-Newsletter-Delivery:[ \t]*(\d{1,18})[ \t]*$", re.I | re.M)
+OUR_MESSAGE_ID = re.compile(r"<(\d{1,18})\.(" + DELIVERY_TAG + r")\.[0-9a-f]{12}@", re.I)
+DELIVERY_HEADER = re.compile(r"^X-Newsletter-Delivery:[ \t]*(" + DELIVERY_TAG + r")[ \t]*$", re.I | re.M)
 ISSUE_HEADER = re.compile(r"^X-Newsletter-Issue:[ \t]*(\d{1,18})[ \t]*$", re.I | re.M)
 QUOTED_MESSAGE_ID = re.compile(r"^Message-ID:[ \t]*(<[^>\s]{1,250}>)", re.I | re.M)
 STATUS_CODE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -59,8 +60,8 @@ class Report:
     kind: str  # dsn | arf | bounce (free text) | unknown
     recipients: list[Recipient] = field(default_factory=list)
     feedback_type: str = ""
-    message_ids: set[tuple[int, int]] = field(default_factory=set)  # (issue, delivery) from our Message-ID
-    deliveries: set[int] = field(default_factory=set)  # X-Newsletter-Delivery
+    message_ids: set[tuple[int, str]] = field(default_factory=set)  # (issue, delivery tag) from our Message-ID
+    deliveries: set[str] = field(default_factory=set)  # delivery tags (model.delivery_tag): X-Newsletter-Delivery
     issues: set[int] = field(default_factory=set)  # X-Newsletter-Issue
     envelope_to: list[str] = field(default_factory=list)  # where the report was delivered (VERP)
     problem: str = ""
@@ -151,12 +152,12 @@ def _read_original(report: Report, text: str, quoted: bool = False) -> None:
     for message_id in ids:
         ours = OUR_MESSAGE_ID.match(message_id)
         if ours:
-            report.message_ids.add((int(ours.group(1)), int(ours.group(2))))
-    report.deliveries.update(int(d) for d in DELIVERY_HEADER.findall(text))
+            report.message_ids.add((int(ours.group(1)), ours.group(2).lower()))
+    report.deliveries.update(d.lower() for d in DELIVERY_HEADER.findall(text))
     report.issues.update(int(i) for i in ISSUE_HEADER.findall(text))
     if quoted and not ids:  # some MTAs quote the original's headers indented or reflowed
         for ours in OUR_MESSAGE_ID.finditer(text):
-            report.message_ids.add((int(ours.group(1)), int(ours.group(2))))
+            report.message_ids.add((int(ours.group(1)), ours.group(2).lower()))
 
 
 def _blocks(part: Message) -> list[Message]:
@@ -207,13 +208,13 @@ def _code_in_class(code: str, wanted: str) -> str:
     return code if code.startswith(wanted + ".") else f"{wanted}.0.0"
 
 
-def verp_deliveries(addresses: list[str], bounce_address: str) -> set[int]:
-    """Delivery ids from VERP addresses `local+<delivery>@domain` built on `bounce_address`."""
+def verp_deliveries(addresses: list[str], bounce_address: str) -> set[str]:
+    """Delivery tags from VERP addresses `local+<delivery tag>@domain` built on `bounce_address`."""
     local, _, domain = bounce_address.lower().rpartition("@")
     if not local or not domain:
         return set()
-    pattern = re.compile(re.escape(local) + r"\+(\d{1,18})@" + re.escape(domain) + "$")
-    return {int(m.group(1)) for a in addresses if (m := pattern.match(a.strip().lower()))}
+    pattern = re.compile(re.escape(local) + r"\+(" + DELIVERY_TAG + ")@" + re.escape(domain) + "$")
+    return {m.group(1) for a in addresses if (m := pattern.match(a.strip().lower()))}
 
 
 # -- the mailboxes ------------------------------------------------------------------------------
