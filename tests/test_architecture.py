@@ -26,7 +26,7 @@ LAYERS = [
     {"dispatch", "feedback"},
     {"digest"},
     {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention", "notices"},
-    {"bootstrap", "bench", "bench_floor", "bench_search", "bench_sinks", "bench_postfix"},
+    {"bootstrap", "bench", "bench_floor", "bench_search", "bench_sinks", "bench_postfix", "bench_run_floor"},
     {"cli", "web", "__main__"},
 ]
 NETWORK = ("smtplib", "mailbox", "imaplib", "poplib", "socket", "http.client", "http.server", "urllib.request",
@@ -36,9 +36,13 @@ ALLOWED = {
     "newsletter.web.app": (("sendgrid",), "sendgrid.EventWebhook only verifies webhook signatures; it opens "
                                           "no connection"),
     "newsletter.bench": (("urllib.request",), "the benchmark asks its loopback sink what it counted"),
+    "newsletter.bench_run_floor": (("http.client",), "the floor posts its bodies to the benchmark's loopback sink"),
     "newsletter.bench_sinks": (("socket", "http.server", "aiosmtpd"),
                                "the benchmark's own loopback sinks for the messengers to send into"),
 }
+#: module -> why it may run SQL outside store/ (on the benchmark's scratch database only)
+SQL_ALLOWED = {"newsletter.bench_run_floor": "the benchmark's floor: the store's own statements, written as the "
+                                            "least code that keeps the guarantees, to measure the store against"}
 SQL = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA|BEGIN|COMMIT|ROLLBACK)\b")
 
 
@@ -152,7 +156,7 @@ def string_constants(tree: ast.AST) -> list[tuple[int, str]]:
 def test_sql_and_the_database_libraries_only_under_store():
     wrong = []
     for name, tree in TREES.items():
-        if stage(name) == "store":
+        if stage(name) == "store" or name in SQL_ALLOWED:
             continue
         wrong += [f"{name}: imports {t}" for t in imports(name) if t.split(".")[0] in ("sqlite3", "sqlite_utils")]
         wrong += [f"{name}:{line}: SQL {text.strip()[:40]!r}" for line, text in string_constants(tree)

@@ -68,3 +68,38 @@ def test_the_floor_quotes_every_recipients_own_strings_and_the_json_case_reports
     result = bench.run_isolated(10_000, "json")
     assert result.recipients == 9_000 and result.floor_s and result.json_encode_s
     assert 0 < result.ledger_bytes_per_recipient < 1000
+
+
+def test_the_run_floor_writes_the_messengers_own_bodies():
+    """The whole-run floor is a valid send, not a cheaper imitation: its request bytes are encode_payload's."""
+    from hypothesis import given, strategies as st
+
+    from newsletter.bench_run_floor import request_body
+    from newsletter.messengers.sendgrid import encode_payload
+    from newsletter.model import Envelope, Rendered, Sender, recipient_values
+    from newsletter.tokens import Tokens
+
+    tokens, sender = Tokens("s"), Sender("d@example.org", "D")
+    rendered = Rendered(issue_id=7, segment="patients", cadence="weekly", variant="all", subject="s", preheader="",
+                        html="<p>h</p>", text="t", summary_ids=[1], full_cards=1)
+    base = "https://x.example/u/"
+
+    @given(st.lists(st.tuples(st.emails(), st.text(max_size=20)), min_size=1, max_size=5,
+                    unique_by=lambda person: person[0].lower()))  # addresses are unique in a list
+    def same(people):
+        rows = [(10 + i, 100 + i, email, name) for i, (email, name) in enumerate(people)]
+        envelopes = []
+        for did, sid, email, name in rows:
+            utok = tokens.sign("unsubscribe", sid)
+            envelopes.append(Envelope(did, sid, email, name,
+                                      recipient_values(utok, tokens.sign("preferences", sid), name), base + utok))
+        assert request_body(7, rendered, rows, tokens, sender, base) == encode_payload(rendered, envelopes, sender)
+
+    same()
+
+
+def test_the_run_floor_sends_every_recipient_once_and_records_it():
+    result = bench.run_isolated(10_000, "floor")
+    assert result.recipients == result.sink_recipients == 9_000
+    assert result.requests >= 9 and result.mjml_compiles == expected_variants()
+    assert 0 < result.ledger_bytes_per_recipient < 1000
