@@ -141,6 +141,8 @@ class Ledger(Tables):
                 params = (*span, status, matching, matching)
                 conn.execute(f"""UPDATE delivery_details SET attempts = NULL, next_attempt_at = NULL,
                                  deferred_since = NULL WHERE id IN (SELECT id FROM deliveries WHERE {where})""", params)
+                conn.execute(f"""DELETE FROM delivery_details WHERE id IN (SELECT id FROM deliveries WHERE {where})
+                                 AND COALESCE(created_at, delivered_at, opened_at, clicked_at) IS NULL""", params)
                 retried += restep(conn, where, params, "pending", now_s, error_sql="NULL")
             if retried:
                 conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
