@@ -79,7 +79,7 @@ class Result:
     sink_recipients: int | None = None  # what the loopback HTTP sink counted
     server: str = ""  # for the smtp cases: which server, over which security
     floor_s: float | None = None  # the json case: the least cost of the same bodies (bench_floor)
-    ledger_bytes_per_recipient: float = 0.0  # deliveries table and indexes on disk, per planned row
+    ledger_bytes_per_recipient: float = 0.0  # the ledger's tables and indexes on disk, per planned row
 
 
 SMTP_SERVERS = ("aiosmtpd", "postfix")

@@ -63,13 +63,19 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
         conn.execute("COMMIT")
         counts["ledger_s"] += time.perf_counter() - started
 
+    def step(ids: list[int], name: str | None = None, provider_id: str | None = None) -> tuple[str, tuple]:
+        return ("INSERT INTO delivery_batches (name, provider_id, first_id, last_id) VALUES (?, ?, ?, ?)",
+                (name, provider_id, ids[0], ids[-1]))
+
     def flush(issue_id: int, rendered: Any, rows: list[tuple]) -> None:
-        ids = json.dumps([row[0] for row in rows])
-        now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-        write("""UPDATE deliveries SET status = 'sending', batch_id = ?, updated_at = ?
-                 WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
-                 AND (SELECT status FROM subscribers s WHERE s.id = deliveries.subscriber_id) = 'active'""",
-              (uuid.uuid4().hex[:12], now, ids))
+        ids = [row[0] for row in rows]
+        id_list = json.dumps(ids)
+        now = int(time.time())
+        write(*step(ids, uuid.uuid4().hex[:12]),
+              ("""UPDATE deliveries SET status = 'sending', batch = last_insert_rowid(), updated_at = ?
+                  WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
+                  AND (SELECT status FROM subscribers s WHERE s.id = deliveries.subscriber_id) = 'active'""",
+               (now, id_list)))
         body = request_body(issue_id, rendered, rows, tokens, sender, unsubscribe_base).encode()
         http_conn.request("POST", "/v3/mail/send", body, {"Content-Type": "application/json",
                                                           "Authorization": "Bearer SG.bench"})
@@ -77,27 +83,36 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
         answer.read()
         if answer.status != 202:
             raise RuntimeError(f"floor: the sink answered {answer.status}")
-        write("UPDATE deliveries SET status = 'sent', provider_id = ?, updated_at = ? "
-              "WHERE id IN (SELECT value FROM json_each(?))", (answer.getheader("X-Message-Id"), now, ids))
+        write(*step(ids, provider_id=answer.getheader("X-Message-Id")),
+              ("UPDATE deliveries SET status = 'sent', batch = last_insert_rowid(), updated_at = ? "
+               "WHERE id IN (SELECT value FROM json_each(?))", (now, id_list)))
         counts["recipients"] += len(rows)
         counts["requests"] += 1
 
     try:
         for issue in issues:
-            now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-            write("""INSERT OR IGNORE INTO deliveries (issue_id, subscriber_id, status, created_at, updated_at)
-                     SELECT ?, id, 'pending', ?, ? FROM subscribers
-                     WHERE segment = ? AND cadence = ? AND status = 'active' ORDER BY topics, id""",
-                  (issue["id"], now, now, issue["segment"], issue["cadence"]),
-                  ("UPDATE issues SET status = 'sending' WHERE id = ?", (issue["id"],)))
+            now = int(time.time())
+            first = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sqlite_sequence WHERE name = 'deliveries'"
+                                 ).fetchone()[0]
+            write(*step([first]),
+                  ("""INSERT OR IGNORE INTO deliveries (issue_id, subscriber_id, status, batch, updated_at)
+                      SELECT ?, id, 'pending', last_insert_rowid(), ? FROM subscribers
+                      WHERE segment = ? AND cadence = ? AND status = 'active' ORDER BY topics, id""",
+                   (issue["id"], now, issue["segment"], issue["cadence"])),
+                  ("UPDATE delivery_batches SET last_id = (SELECT MAX(id) FROM deliveries) WHERE id = ("
+                   "SELECT MAX(id) FROM delivery_batches)", ()),
+                  ("""UPDATE issues SET status = 'sending', planned_at = ?, first_delivery = ?,
+                      last_delivery = (SELECT MAX(id) FROM deliveries) WHERE id = ?""",
+                   (time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now)), first, issue["id"])))
+            last = conn.execute("SELECT last_delivery FROM issues WHERE id = ?", (issue["id"],)).fetchone()[0]
             variants: dict[str, Any] = {}
             buffers: dict[int, tuple[Any, list[tuple]]] = {}
-            after = 0
+            after = first - 1
             while True:
                 page = conn.execute("""SELECT d.id, d.subscriber_id, s.email, s.name, s.topics
                                        FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-                                       WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
-                                       ORDER BY d.id LIMIT ?""", (issue["id"], after, BATCH)).fetchall()
+                                       WHERE d.id > ? AND d.id <= ? AND +d.issue_id = ? AND +d.status = 'pending'
+                                       ORDER BY d.id LIMIT ?""", (after, last, issue["id"], BATCH)).fetchall()
                 if not page:
                     break
                 after = page[-1][0]
@@ -113,7 +128,8 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
                         flush(issue["id"], *buffers.pop(id(rendered)))
             for rendered, rows in buffers.values():
                 flush(issue["id"], rendered, rows)
-            write("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", (now, issue["id"]))
+            write("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?",
+                  (time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), issue["id"]))
     finally:
         http_conn.close()
         conn.close()

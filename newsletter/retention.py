@@ -2,7 +2,7 @@
 reader from the database and from the outbox alike.
 
 Each purge step removes only what is past its period, so running purge twice removes nothing the second
-time. Add a step (ledger compaction, say) by appending to PURGE_STEPS: (name, function(config, store, now)).
+time. Add a step by appending to PURGE_STEPS: (name, function(config, store, now)).
 """
 
 from __future__ import annotations
@@ -33,12 +33,20 @@ def unlink_erased(config: Any, store: Any, now: datetime) -> int:
     return store.unlink_erased_deliveries(_cutoff(now, config.retention_erased_days))
 
 
+def compact_ledger(config: Any, store: Any, now: datetime) -> int:
+    """Delivery rows of digests sent more than ledger_retention_days ago become counts (store/compaction.py)."""
+    if not config.ledger_retention_days:
+        return 0
+    return store.compact_deliveries(_cutoff(now, config.ledger_retention_days))
+
+
 PurgeStep = Callable[[Any, Any, datetime], int]
 #: (what it removes, as `purge` prints it; the step). Steps run in this order.
 PURGE_STEPS: list[tuple[str, PurgeStep]] = [
     ("provider events past retention_events_days", purge_events),
     ("sign-ups never confirmed within retention_pending_days", purge_unconfirmed),
     ("erased readers' delivery rows unlinked after retention_erased_days", unlink_erased),
+    ("delivery rows compacted to counts after ledger_retention_days", compact_ledger),
 ]
 
 

@@ -33,6 +33,8 @@ URL_SCHEMES = {"site_url": ("http", "https"), "sendgrid_host": ("http", "https")
 #: Path settings that must name something that exists, when set: (setting, a folder?).
 MUST_EXIST = {"templates_dir": True, "segments_file": False, "bounce_ca_file": False, "smtp_ca_file": False}
 #: Numbers must not be negative; these must be at least 1 (by name or by ending).
+#: The shortest ledger_retention_days other than 0: bounce reports and provider events about an issue arrive for days.
+LEDGER_RETENTION_MIN = 7
 AT_LEAST_ONE = ("max_summaries", "max_html_bytes", "_connections", "_batch_size", "_attempts", "_port",
                 "_tolerance_seconds")
 
@@ -78,6 +80,9 @@ def _check_number(setting: Setting, value: float, where: str) -> None:
         raise ConfigError(f"{where}: {setting.name}: must be more than 0 seconds, got {value!r}")
     if setting.name == "retry_deferred_days" and value <= 0:
         raise ConfigError(f"{where}: {setting.name}: must be more than 0, got {value!r}")
+    if setting.name == "ledger_retention_days" and 0 < value < LEDGER_RETENTION_MIN:
+        raise ConfigError(f"{where}: {setting.name}: must be 0 (never compact) or at least {LEDGER_RETENTION_MIN} "
+                          f"days (bounces and provider events still arrive), got {value!r}")
     if value < 0:
         raise ConfigError(f"{where}: {setting.name}: must not be negative, got {value!r}")
 

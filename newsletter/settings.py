@@ -90,6 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
             "removes it.", int),
     Setting("retention_erased_days", 0, "Days the delivery detail of an erased subscriber is kept (0 = none: "
             "the ledger keeps counts, not people).", int),
+    Setting("ledger_retention_days", 90, "Days after an issue is sent before `newsletter purge` compacts its delivery "
+            "rows to counts per status and the readers it reached (0 = never; otherwise at least 7).", int),
     Setting("require_2fa_for_admins", False, "Admins must log in with a second factor (TOTP); an admin without one "
             "can only enrol until they do.", bool),
 )

@@ -38,6 +38,12 @@ def test_compiles_do_not_depend_on_the_number_of_subscribers(counting_runs):
     assert small.premailer_compiles == large.premailer_compiles == expected_variants()
 
 
+def test_the_ledger_costs_at_most_50_bytes_a_recipient(counting_runs):
+    """A byte count of the file (SQLite's dbstat over every ledger table and index), not a time."""
+    for n, result in counting_runs.items():
+        assert 0 < result.ledger_bytes_per_recipient <= 50, (n, result.ledger_bytes_per_recipient)
+
+
 def test_peak_memory_is_bounded_by_streaming(counting_runs):
     small, large = counting_runs[10_000], counting_runs[100_000]
     assert large.peak_rss_mb <= 1.5 * small.peak_rss_mb, (small.peak_rss_mb, large.peak_rss_mb)

@@ -108,8 +108,11 @@ def test_erasure_leaves_no_trace_in_any_table_the_file_or_the_outbox(loaded, run
     ctx.store.record_bounce_report("mail", "bounce-1", {"verdict": "soft", "status_code": "4.2.2",
                                                         "issue_id": delivery["issue_id"], "delivery_id": delivery["id"],
                                                         "subscriber_id": sid})
-    ctx.store.conn.execute("UPDATE deliveries SET error = ? WHERE id = ?", (f"452 <{address}> mailbox full",
-                                                                          delivery["id"]))
+    # The relay's words naming the address: on the delivery's own step, and on a step written for a whole batch.
+    ctx.store.conn.execute("UPDATE delivery_batches SET error = ? WHERE id = (SELECT batch FROM deliveries WHERE id = ?)",
+                           (f"452 <{address}> mailbox full", delivery["id"]))
+    ctx.store.conn.execute("INSERT INTO delivery_batches (name, error, first_id, last_id) VALUES ('b', ?, 1, 99)",
+                           (f"421 4.7.0 too many messages, last <{address}>",))
     assert any(m["To"].addresses[0].addr_spec == address for m in read_maildir(ctx.config.outbox))
     assert [cell for cell in every_text(ctx.config.database) if address in cell[2]]  # really there before
 

@@ -201,6 +201,7 @@ def test_secrets_come_from_the_environment(tmp_path):
     ('backend = "carrier-pigeon"\n', "backend"),
     ('require_approval = "sometimes"\n', "require_approval"),
     ('editors = "alice"\n', "editors"),
+    ("ledger_retention_days = 3\n", "ledger_retention_days"),
 ])
 def test_unknown_key_or_bad_type_names_file_and_setting(tmp_path, runner, text, key):
     path = write_toml(tmp_path / "newsletter.toml", 'site_name = "ok"\n' + text)

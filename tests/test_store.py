@@ -55,7 +55,7 @@ def test_older_database_is_migrated_on_open_and_keeps_its_rows(tmp_path):
     try:
         assert store.applied_migrations() == ALL_MIGRATIONS
         assert "m002_suppressions_and_delivery_events" in store.applied_migrations()
-        assert {"delivered_at", "opened_at", "clicked_at"} <= columns(store.conn, "deliveries")
+        assert {"delivered_at", "opened_at", "clicked_at"} <= columns(store.conn, "delivery_rows")
         old = store.get_subscriber("old.reader@example.org")
         assert old is not None
         assert (old["name"], old["segment"], old["status"], old["topics"]) == ("Old Reader", "patients", "active", ["MS"])
@@ -91,8 +91,8 @@ def test_required_tables_and_uniqueness(tmp_path):
         assert store.plan_deliveries(issue_id) == 1
         assert store.plan_deliveries(issue_id) == 0  # one delivery per issue and subscriber
         with pytest.raises(sqlite3.IntegrityError):
-            store.conn.execute("INSERT INTO deliveries (issue_id, subscriber_id, created_at, updated_at) "
-                               "SELECT issue_id, subscriber_id, 'x', 'x' FROM deliveries")
+            store.conn.execute("INSERT INTO deliveries (issue_id, subscriber_id, updated_at) "
+                               "SELECT issue_id, subscriber_id, 0 FROM deliveries")
         event = {"event_id": "evt-1", "type": "delivered", "email": "a@example.org", "payload": {"n": 1}}
         assert store.record_event("sendgrid", event) is True
         assert store.record_event("sendgrid", event) is False  # unique by the provider's event id

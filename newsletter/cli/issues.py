@@ -66,6 +66,8 @@ def issues_show(ctx: Context, issue_id: int) -> None:
         click.echo(f"  {s['published']}  {s['slug']}{mark}  {s['title']}")
     for status_name, n in sorted(p.counts.items()):
         click.echo(f"  deliveries {status_name}: {n}")
+    if issue.get("compacted_at"):
+        click.echo(f"  compacted {issue['compacted_at']} (ledger_retention_days): counts only, nothing to retry")
     if p.resume:
         click.echo(f"  {p.resume}")
 

@@ -17,9 +17,11 @@ def purge(ctx: Context) -> None:
 
     \b
     Provider events older than retention_events_days (90), sign-ups never
-    confirmed after retention_pending_days (30), and the link between an
-    erased reader's delivery rows after retention_erased_days (0). Running
-    it twice removes nothing more the second time.
+    confirmed after retention_pending_days (30), the link between an
+    erased reader's delivery rows after retention_erased_days (0), and the
+    delivery rows of digests sent more than ledger_retention_days ago (90;
+    0 = never), compacted to counts per status and the readers each reached.
+    Running it twice removes nothing more the second time.
 
     \b
     Example:
@@ -28,4 +30,4 @@ def purge(ctx: Context) -> None:
     removed = run_purge(ctx.config, ctx.store)
     for what, count in removed:
         click.echo(f"{count:>6}  {what}")
-    click.echo(f"{sum(count for _, count in removed)} row(s) removed or unlinked", err=True)
+    click.echo(f"{sum(count for _, count in removed)} row(s) removed, unlinked or compacted", err=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .audit import AuditLog
 from .bounces import Bounces
+from .compaction import Compaction
 from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, email_hash, now_iso
 from .consent import CONSENT_METHODS, Consent, ImportRefused
 from .directory import Directory, Refused, next_string, search_key, subscriber_target
@@ -42,6 +43,7 @@ class Store(
     Signups,
     Issues,
     Ledger,
+    Compaction,
     Events,
     Export,
     Bounces,
@@ -61,8 +63,9 @@ class Store(
 
 __all__ = [
     "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SCHEDULABLE", "SUMMARY_FIELDS", "TRANSITIONS",
-    "Attempt", "AuditLog", "Bounces", "Consent", "DatabaseError", "Directory", "EditorSecrets", "EditorSessions",
-    "Events", "Export", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit", "NoticeQueue", "Reading", "Refused",
+    "Attempt", "AuditLog", "Bounces", "Compaction", "Consent", "DatabaseError", "Directory", "EditorSecrets",
+    "EditorSessions", "Events", "Export", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit",
+    "NoticeQueue", "Reading", "Refused",
     "Reports", "Retention", "Schedule", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables",
     "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "due", "email_hash", "may_send", "migrations", "next_string", "now_iso",

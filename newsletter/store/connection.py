@@ -78,6 +78,26 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+def unix_seconds(iso: str) -> int:
+    """An ISO time with its offset as unix seconds (a naive one is read as UTC)."""
+    moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp())
+
+
+def unix(iso: str | None) -> int | str | None:
+    """How the ledger stores a time: unix seconds when that reads back as the same ISO text (`now_iso`'s
+    form), otherwise the text as given, so nothing is ever rounded or re-written."""
+    if iso is None:
+        return None
+    try:
+        seconds = unix_seconds(iso)
+        return seconds if datetime.fromtimestamp(seconds, timezone.utc).isoformat() == iso else iso
+    except (ValueError, OverflowError, OSError):  # not a time, or one outside what the platform counts
+        return iso
+
+
 def decode_topics(row: dict[str, Any]) -> dict[str, Any]:
     """Summaries and subscribers keep their topics as a JSON list."""
     row = dict(row)

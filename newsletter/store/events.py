@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from .connection import Tables, now_iso
+from .connection import Tables, now_iso, unix
 
 #: What a rejected event keeps of its payload: enough to see what was wrong.
 REJECTED_EXCERPT = 4096
@@ -45,8 +45,9 @@ class Events(Tables):
         if column not in ("delivered_at", "opened_at", "clicked_at"):
             raise ValueError(f"column: not a delivery event column: {column}")
         with self.transaction() as conn:
-            cur = conn.execute(f"""UPDATE deliveries SET {column} = COALESCE({column}, ?)
-                                   WHERE issue_id = ? AND subscriber_id = ?
-                                   AND EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND email = ?)""",
-                               (when, issue_id, subscriber_id, subscriber_id, email))
+            cur = conn.execute(f"""INSERT INTO delivery_details (id, {column})
+                                   SELECT id, ? FROM deliveries WHERE subscriber_id = ? AND issue_id = ?
+                                   AND EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND email = ?)
+                                   ON CONFLICT (id) DO UPDATE SET {column} = COALESCE({column}, excluded.{column})""",
+                               (unix(when), subscriber_id, issue_id, subscriber_id, email))
             return cur.rowcount > 0

@@ -25,6 +25,14 @@ class Export(Tables):
                 found[row["name"]] = columns
         return found
 
+    def _order(self, table: str) -> str:
+        """Rows in the order they were written: by rowid, or by the key of a WITHOUT ROWID table."""
+        sql = self.query("SELECT sql FROM sqlite_master WHERE name = ?", (table,))[0]["sql"]
+        if "WITHOUT ROWID" not in sql.upper():
+            return "rowid"
+        key = [c for c in self.query(f"PRAGMA table_info('{table}')") if c["pk"]]
+        return ", ".join(c["name"] for c in sorted(key, key=lambda c: c["pk"]))
+
     def person_data(self, subscriber_id: int, email: str) -> dict[str, list[dict[str, Any]]]:
         """Every column of every row that refers to this person, by table; the audit log's rows about them;
         and the wording of each consent version they agreed to."""
@@ -36,7 +44,13 @@ class Export(Tables):
                 clauses = [(f"{c} = ?", subscriber_id if c == "subscriber_id" else email)
                            for c in PERSON_COLUMNS if c in columns]
                 where, params = " OR ".join(c for c, _ in clauses), [p for _, p in clauses]
-            data[table] = self.query(f"SELECT * FROM '{table}' WHERE {where} ORDER BY rowid", params)
+            data[table] = self.query(f"SELECT * FROM '{table}' WHERE {where} ORDER BY {self._order(table)}", params)
+        # A delivery's own details and the steps it went through hang off its id, not the person's.
+        data["delivery_details"] = self.query("""SELECT x.* FROM delivery_details x JOIN deliveries d ON d.id = x.id
+                                                 WHERE d.subscriber_id = ? ORDER BY x.id""", (subscriber_id,))
+        data["delivery_batches"] = self.query("""SELECT DISTINCT b.* FROM delivery_batches b
+                                                 JOIN deliveries d ON d.batch = b.id
+                                                 WHERE d.subscriber_id = ? ORDER BY b.id""", (subscriber_id,))
         data["audit_log"] = self.query("SELECT * FROM audit_log WHERE target = ? ORDER BY id",
                                        (subscriber_target(subscriber_id),))
         versions = sorted({r["wording_version"] for r in data.get("consent_records", []) if r["wording_version"]})

@@ -105,8 +105,9 @@ class Issues(Tables):
         """Approved and interrupted issues, plus sent ones holding deliveries in a `retry` status."""
         rows = self.query("SELECT * FROM issues WHERE status IN ('approved', 'sending') AND kind = 'digest' ORDER BY id")
         if retry:
-            rows += self.query(f"""SELECT * FROM issues WHERE status = 'sent' AND kind = 'digest' AND id IN
-                                   (SELECT issue_id FROM deliveries WHERE status IN ({', '.join('?' * len(retry))}))
+            rows += self.query(f"""SELECT * FROM issues i WHERE status = 'sent' AND kind = 'digest' AND EXISTS
+                                   (SELECT 1 FROM deliveries d WHERE d.id BETWEEN i.first_delivery AND i.last_delivery
+                                    AND d.issue_id = i.id AND d.status IN ({', '.join('?' * len(retry))}))
                                    ORDER BY id""", list(retry))
         return rows
 

@@ -3,6 +3,7 @@ period, so a second run finds nothing more."""
 
 from __future__ import annotations
 
+from .connection import unix_seconds
 from .subscribers import Subscribers
 
 #: An erased reader's delivery rows get -(UNLINKED + delivery id) as subscriber id: unique per row (so no two rows
@@ -27,6 +28,8 @@ class Retention(Subscribers):
         """Erased readers' delivery rows last changed before `before` keep their status and times (the counts) but
         no longer tell which of them went to the same person."""
         with self.transaction() as conn:
-            return conn.execute("""UPDATE deliveries SET subscriber_id = -(? + id), batch_id = NULL
-                                   WHERE subscriber_id < 0 AND subscriber_id > -? AND updated_at <= ?""",
-                                (UNLINKED, UNLINKED, before)).rowcount
+            return conn.execute("""UPDATE deliveries SET subscriber_id = -(? + id), batch = NULL
+                                   WHERE subscriber_id < 0 AND subscriber_id > -?
+                                   AND CASE typeof(updated_at) WHEN 'integer' THEN updated_at <= ?
+                                                               ELSE updated_at <= ? END""",
+                                (UNLINKED, UNLINKED, unix_seconds(before), before)).rowcount

@@ -124,10 +124,18 @@ class Subscribers(Tables):
             if row is None:
                 return False
             sid = row["id"]
+            conn.execute("DELETE FROM delivery_details WHERE id IN "
+                         "(SELECT id FROM deliveries WHERE subscriber_id = ? AND status = 'pending')", (sid,))
             conn.execute("DELETE FROM deliveries WHERE subscriber_id = ? AND status = 'pending'", (sid,))
-            # The ledger keeps that a message went out (counts), not to whom nor the relay's words about it.
-            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id, provider_id = NULL, error = NULL "
-                         "WHERE subscriber_id = ?", (sid,))
+            # The ledger keeps that a message went out (counts), not to whom nor the relay's words about it: the
+            # rows leave their steps, a step written for one of them alone goes (a message's own provider id or
+            # error, earlier attempts' too), and any step's error naming the address loses it.
+            conn.execute("""DELETE FROM delivery_batches WHERE first_id IN (SELECT id FROM deliveries
+                            WHERE subscriber_id = ?) AND last_id = first_id""", (sid,))
+            conn.execute("UPDATE delivery_batches SET error = NULL WHERE instr(lower(error), lower(?))", (email,))
+            conn.execute("UPDATE deliveries SET subscriber_id = -subscriber_id, batch = NULL WHERE subscriber_id = ?",
+                         (sid,))
+            conn.execute("DELETE FROM compacted_recipients WHERE subscriber_id = ?", (sid,))
             for table in ("consent_records", "soft_bounces", "manual_suppressions"):
                 conn.execute(f"DELETE FROM {table} WHERE subscriber_id = ?", (sid,))
             conn.execute("UPDATE bounce_reports SET subscriber_id = NULL, delivery_id = NULL WHERE subscriber_id = ?",
@@ -155,10 +163,16 @@ class Subscribers(Tables):
 
     def subscriber_history(self, subscriber_id: int, email: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """A subscriber's deliveries and provider events, for the editors' page about them."""
-        deliveries = self.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
-                                          d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
-                                   FROM deliveries d JOIN issues i ON i.id = d.issue_id
-                                   WHERE d.subscriber_id = ? ORDER BY d.id""", (subscriber_id,))
+        # Issues compacted since (ledger_retention_days) keep only that they reached the reader: those first.
+        deliveries = self.query("""SELECT r.issue_id, i.segment, i.cadence, i.period, 'sent' AS status,
+                                          i.planned_at AS created_at, NULL AS updated_at, NULL AS delivered_at,
+                                          NULL AS opened_at, NULL AS clicked_at
+                                   FROM compacted_recipients r JOIN issues i ON i.id = r.issue_id
+                                   WHERE r.subscriber_id = ? ORDER BY r.issue_id""", (subscriber_id,))
+        deliveries += self.query("""SELECT d.issue_id, i.segment, i.cadence, i.period, d.status, d.created_at,
+                                           d.updated_at, d.delivered_at, d.opened_at, d.clicked_at
+                                    FROM delivery_rows d JOIN issues i ON i.id = d.issue_id
+                                    WHERE d.subscriber_id = ? ORDER BY d.id""", (subscriber_id,))
         events = self.query("""SELECT provider, type, occurred_at, received_at, payload FROM events
                                WHERE subscriber_id = ? OR email = ? ORDER BY id""", (subscriber_id, email))
         return deliveries, events

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .connection import Tables, now_iso
+from .connection import Tables, now_iso, unix
 
 WELCOME_PERIOD = "welcome"
 
@@ -31,15 +31,20 @@ class Welcomes(Tables):
             issue_id = conn.execute("SELECT id FROM issues WHERE segment = ? AND cadence = ? AND period = ? "
                                     "AND kind = 'welcome'", (sub["segment"], sub["cadence"], WELCOME_PERIOD)
                                     ).fetchone()["id"]
-            cur = conn.execute("""INSERT INTO deliveries (issue_id, subscriber_id, status, created_at, updated_at)
-                                  VALUES (?, ?, 'pending', ?, ?)""", (issue_id, subscriber_id, now, now))
+            cur = conn.execute("""INSERT INTO deliveries (issue_id, subscriber_id, status, updated_at)
+                                  VALUES (?, ?, 'pending', ?)""", (issue_id, subscriber_id, unix(now)))
+            # Welcomes are planned one by one: each says when, and widens its issue's id range.
+            conn.execute("INSERT INTO delivery_details (id, created_at) VALUES (?, ?)", (cur.lastrowid, unix(now)))
+            conn.execute("""UPDATE issues SET first_delivery = MIN(COALESCE(first_delivery, ?), ?),
+                            last_delivery = MAX(COALESCE(last_delivery, ?), ?) WHERE id = ?""",
+                         (cur.lastrowid, cur.lastrowid, cur.lastrowid, cur.lastrowid, issue_id))
             return {"delivery_id": cur.lastrowid, "issue_id": issue_id, "subscriber_id": subscriber_id,
                     "email": sub["email"], "name": sub["name"], "segment": sub["segment"], "cadence": sub["cadence"],
                     "topics": sub["topics"]}
 
     def welcome_deliveries(self, subscriber_id: int | None = None) -> list[dict[str, Any]]:
         """Welcome deliveries (all, or one subscriber's), oldest first."""
-        sql = """SELECT d.*, i.segment, i.cadence FROM deliveries d JOIN issues i ON i.id = d.issue_id
+        sql = """SELECT d.*, i.segment, i.cadence FROM delivery_rows d JOIN issues i ON i.id = d.issue_id
                  WHERE i.kind = 'welcome'"""
         if subscriber_id is None:
             return self.query(sql + " ORDER BY d.id")

@@ -83,6 +83,7 @@ def person_export(config: Any, store: Any, subscriber: dict[str, Any]) -> dict[s
     for row in tables.get("events", []):
         row["payload"] = json.loads(row["payload"] or "{}")
     handed = [d for d in tables.get("deliveries", []) if d["status"] in ("sent", "unknown")]
+    handed += tables.get("compacted_recipients", [])  # issues compacted since: each reached them
     shared = [{"with": who, "what": what, "messages": len(handed),
                "issues": sorted({d["issue_id"] for d in handed})} for who, what in processors(config)]
     return {"exported_at": now_iso(), "site": config.site_name, "subscriber": tables["subscribers"][0],

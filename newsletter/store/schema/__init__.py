@@ -6,7 +6,7 @@ order they apply in. A new migration goes at the end of the last module (or a ne
 
 from __future__ import annotations
 
-from . import m001_m005, m006_m010, m011_m016, m020_m024  # noqa: F401 - imported for the migrations they register
+from . import m001_m005, m006_m010, m011_m016, m017_ledger, m020_m024  # noqa: F401 - they register
 from .registry import migrations
 
 __all__ = ["migrations"]
