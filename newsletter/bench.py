@@ -25,7 +25,7 @@ from . import bootstrap
 from .bench_floor import FloorMessenger
 from .bench_postfix import PostfixSink, self_signed
 from .bench_run_floor import run_floor
-from .bench_sinks import start_sink
+from .bench_sinks import smtp_sink_counts, start_sink
 from .context import Context
 from .digest import DigestRunner
 from .messengers.counting import CountingMessenger
@@ -82,7 +82,7 @@ class Result:
     ledger_bytes_per_recipient: float = 0.0  # the ledger's tables and indexes on disk, per planned row
 
 
-SMTP_SERVERS = ("aiosmtpd", "postfix")
+SMTP_SERVERS = ("aiosmtpd", "sink", "postfix")
 SMTP_SECURITY = ("none", "starttls")
 
 
@@ -119,7 +119,7 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
             cert = key = None
             if smtp_security == "starttls":
                 cert, key = self_signed(workdir.parent)
-            sink, port = start_sink("smtp", cert, key)
+            sink, port = start_sink("smtp-reader" if smtp_server == "sink" else "smtp", cert, key)
             ca_file = cert
         options = dict(security=smtp_security, batch_size=100, ca_file=str(ca_file or ""))
         if messenger_name == "smtp":
@@ -146,9 +146,7 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
         cpu = _cpu() - cpu_before
         sink_recipients = None
         if sink:
-            if messenger_name in ("sendgrid", "floor"):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=10) as resp:
-                    sink_recipients = json.loads(resp.read())["recipients"]
+            sink_recipients = _sink_count(messenger_name, smtp_server, port)
             sink.kill()
             sink.wait()
         if relay:
@@ -170,6 +168,16 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
         floor_s=round(messenger.floor_seconds, 3) if messenger_name == "json" else None,
         ledger_bytes_per_recipient=round(ctx.store.ledger_bytes() / max(1, sum(ctx.store.delivery_counts().values())),
                                          1))
+
+
+def _sink_count(messenger_name: str, smtp_server: str, port: int) -> int | None:
+    """Recipients the loopback sink received: the HTTP sink's GET /count, the reading SMTP sink's XCOUNT."""
+    if messenger_name in ("sendgrid", "floor"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=10) as resp:
+            return json.loads(resp.read())["recipients"]
+    if smtp_server == "sink":
+        return smtp_sink_counts(port)[1]
+    return None
 
 
 def _cpu() -> float:

@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import itertools
 import time
-from json.encoder import encode_basestring_ascii as _q  # the C encoder, as encode_payload uses
 from typing import Sequence
 
-from .messengers.sendgrid import NO_TRACKING, _common_json, encode_payload, split_requests
-from .model import PLACEHOLDERS, Envelope, Outcome, Rendered, Sender
+from .messengers.sendgrid import (_DELIVERY, _EMAIL, _NAME, _SUBSCRIBER, _URL, _VALUE, _VALUES, NO_TRACKING,
+                                  _common_json, _json_text, encode_payload, split_requests)
+from .model import Envelope, Outcome, Rendered, Sender
 
 
 def floor_body(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender) -> str:
     """Not a valid body: what every valid one costs at least. Each recipient's own strings (address, name,
-    the four values, the unsubscribe link) quoted by the C encoder, its two ids written, all copied once
-    into one string, with the shared part (encoded once per variant, as the messenger does) after them."""
-    k1, k2, k3, k4 = PLACEHOLDERS
-    own = [(_q(e.email), _q(e.name), _q((v := e.values)[k1]), _q(v[k2]), _q(v[k3]), _q(v[k4]),
-            _q(e.unsubscribe_url), str(e.subscriber_id), str(e.delivery_id)) for e in envelopes]
+    the four values, the unsubscribe link) made JSON text the cheapest way known (a column at a time,
+    checked in one C pass for anything JSON escapes, quoted by the C encoder only where something is:
+    `_json_text`), its two ids written, all copied once into one string, with the shared part (encoded
+    once per variant, as the messenger does) after them. No fixed text between them, no key, no check of
+    the request: whatever a writer adds to this is its own cost."""
+    values = list(map(_VALUES, envelopes))
+    columns = [list(map(get, envelopes)) for get in (_EMAIL, _NAME, _URL)] + [list(map(get, values)) for get in _VALUE]
+    own = [_json_text(column) for column in columns] + [list(map(str, map(get, envelopes)))
+                                                       for get in (_SUBSCRIBER, _DELIVERY)]
     return "".join(itertools.chain.from_iterable(own)) + _common_json(rendered, sender, 0, False, NO_TRACKING)
 
 

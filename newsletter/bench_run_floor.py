@@ -22,7 +22,8 @@ from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
 from .digest import DigestRunner
-from .messengers.sendgrid import NO_TRACKING, _PERSONALIZATION, _common_json
+from .messengers.sendgrid import (_ARGS, _DELIVERY_ARG, _END, _HEADERS, _SUBSTITUTIONS, _TO, _WITH_NAME, NO_TRACKING,
+                                  _common_json, _json_text)
 from .model import Sender, greeting
 from .tokens import Tokens
 
@@ -32,17 +33,26 @@ BATCH = 1000  # SendGrid's limit of personalizations per request
 def request_body(issue_id: int, rendered: Any, rows: list[tuple], tokens: Tokens, sender: Sender,
                  unsubscribe_base: str) -> str:
     """One SendGrid request for (delivery id, subscriber id, email, name) rows: the bytes encode_payload writes
-    (tests compare them), with the two tokens and the greeting made inline instead of in an Envelope."""
-    template = _PERSONALIZATION.replace("{issue}", _q(str(issue_id)))
-    sign = tokens.sign
-    parts = []
-    for delivery_id, sid, email, name in rows:
-        utok = sign("unsubscribe", sid)
-        ghtml, gtext = greeting(name)
-        parts.append(template % (_q(email), ',"name":' + _q(name) if name else "", _q(utok),
-                                 _q(sign("preferences", sid)), _q(ghtml), _q(gtext), sid, delivery_id,
-                                 _q("<" + unsubscribe_base + utok + ">")))
-    return '{"personalizations":[' + ",".join(parts) + "]," + _common_json(rendered, sender, 0, False, NO_TRACKING)
+    (tests compare them), the same column-at-a-time writer, with the two tokens and the greeting made inline
+    instead of in an Envelope and a values dict per recipient."""
+    ids, sids, emails, names = zip(*rows)
+    utoks, ptoks = zip(*map(tokens.link_tokens, sids))
+    greetings = list(map(greeting, names))
+    s1, s2, s3, s4 = _SUBSTITUTIONS
+    row = ["," + _TO, "", "", s1, "", s2, "", s3, "", s4, "", _ARGS % _q(str(issue_id)), "", _DELIVERY_ARG, "",
+           _HEADERS, "", _END]
+    width = len(row)
+    pieces = row * len(rows)
+    pieces[0] = '{"personalizations":[' + _TO
+    pieces[1::width] = _json_text(list(emails))
+    pieces[2::width] = [_WITH_NAME + name if name else "" for name in _json_text(list(names))]
+    for slot, column in zip((4, 6, 8, 10), (utoks, ptoks, [g[0] for g in greetings], [g[1] for g in greetings])):
+        pieces[slot::width] = _json_text(list(column))
+    pieces[12::width] = map(str, sids)
+    pieces[14::width] = map(str, ids)
+    pieces[16::width] = _json_text([unsubscribe_base + utok for utok in utoks])
+    pieces += ("],", _common_json(rendered, sender, 0, False, NO_TRACKING))
+    return "".join(pieces)
 
 
 def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int, Any], tokens: Tokens,

@@ -126,10 +126,8 @@ class Dispatcher:
 
     def make_envelope(self, delivery_id: int, sid: int, email: str, name: str) -> Envelope:
         """Per-recipient work: two signatures and a greeting, nothing heavier."""
-        sign = self.tokens.sign
-        utok = sign("unsubscribe", sid)
-        return Envelope(delivery_id, sid, email, name, recipient_values(utok, sign("preferences", sid), name),
-                        self.unsubscribe_base + utok)
+        utok, ptok = self.tokens.link_tokens(sid)
+        return Envelope(delivery_id, sid, email, name, recipient_values(utok, ptok, name), self.unsubscribe_base + utok)
 
     def send_issue(self, issue_id: int, variant_for: VariantFor, *, retry_unknown: bool = False,
                    retry_failed: bool = False, failed_matching: str = "") -> Tally:

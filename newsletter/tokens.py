@@ -51,6 +51,7 @@ class Tokens:
             cls = TimestampSigner if purpose in MAX_AGE else Signer
             self._signers[purpose] = cls(key, salt=purpose, key_derivation="none", digest_method=hashlib.sha256)
             self._pads[purpose] = _hmac_pads(key)
+        self._link_pads = (self._pads["unsubscribe"], self._pads["preferences"])
 
     def sign(self, purpose: str, subscriber_id: int) -> str:
         if purpose in MAX_AGE:
@@ -64,6 +65,21 @@ class Tokens:
         outer.update(inner.digest())
         mac = binascii.b2a_base64(outer.digest(), newline=False)[:43].translate(_URLSAFE)
         return (value + b"." + mac).decode()
+
+    def link_tokens(self, subscriber_id: int) -> tuple[str, str]:
+        """(unsubscribe, preferences): what sign() makes for each (tests compare them), in one call with the
+        subscriber's bytes written once; every recipient of every digest carries both. Written out, not
+        looped: this is most of the per-recipient work."""
+        value = str(subscriber_id).encode()
+        (u_inner, u_outer), (p_inner, p_outer) = self._link_pads
+        u_inner, u_outer, p_inner, p_outer = u_inner.copy(), u_outer.copy(), p_inner.copy(), p_outer.copy()
+        u_inner.update(value)
+        p_inner.update(value)
+        u_outer.update(u_inner.digest())
+        p_outer.update(p_inner.digest())
+        prefix = value + b"."
+        return ((prefix + binascii.b2a_base64(u_outer.digest(), newline=False)[:43].translate(_URLSAFE)).decode(),
+                (prefix + binascii.b2a_base64(p_outer.digest(), newline=False)[:43].translate(_URLSAFE)).decode())
 
     def verify(self, purpose: str, token: str, max_age: int | None = None) -> int:
         """The subscriber id the token was made for, or TokenError (an expiring purpose: by default MAX_AGE)."""

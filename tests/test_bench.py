@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, strategies as st
 
 from newsletter import bench
 from newsletter.select import matching
@@ -70,7 +71,7 @@ def test_the_floor_quotes_every_recipients_own_strings_and_the_json_case_reports
     body = floor_body(rendered, envelopes, Sender("d@example.org", "D"))
     for e in envelopes:
         for own in (e.email, e.name, *e.values.values(), e.unsubscribe_url):
-            assert json.dumps(own) in body
+            assert json.dumps(own)[1:-1] in body  # as JSON text, without the quotes around it
     result = bench.run_isolated(10_000, "json")
     assert result.recipients == 9_000 and result.floor_s and result.json_encode_s
     assert 0 < result.ledger_bytes_per_recipient < 1000
@@ -109,3 +110,39 @@ def test_the_run_floor_sends_every_recipient_once_and_records_it():
     assert result.recipients == result.sink_recipients == 9_000
     assert result.requests >= 9 and result.mjml_compiles == expected_variants()
     assert 0 < result.ledger_bytes_per_recipient < 1000
+
+
+# -- the SMTP sink that only reads -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("security", ["none", "starttls"])
+def test_smtp_path_delivers_every_recipient_to_the_reading_sink(security):
+    """The client at its own ceiling (one connection, the sink only reads), and the sink counted every one."""
+    result = bench.run_isolated(2_000, "smtp", "sink", security)
+    assert result.recipients == result.sink_recipients == 1_800
+    assert result.server == f"sink, {security}"
+
+
+MESSAGE = st.lists(st.sampled_from([b"a", b".", b"\n", b"\r\n", b"..", b"\n.", b".\r\n", b"\r\n.\r", b"x y"]),
+                   max_size=40).map(b"".join)
+
+
+@given(messages=st.lists(MESSAGE, min_size=1, max_size=4), cuts=st.lists(st.integers(0, 400), max_size=12))
+def test_the_reading_sink_finds_each_end_of_data_however_the_bytes_arrive(messages, cuts):
+    """Messages as the client writes them (dot-stuffed, CRLF.CRLF at the end), cut into reads anywhere:
+    the sink ends each message at its own terminator, never inside it, and keeps what follows."""
+    from newsletter.bench_sinks import read_data
+    from newsletter.messengers.mime import wire_bytes
+
+    stream = b"".join(wire_bytes(m) + b"RSET\r\n" for m in messages) + b"QUIT\r\n"
+    points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    chunks = iter(stream[a:b] for a, b in zip(points, points[1:]))
+    rest = next(chunks, b"")
+    for message in messages:
+        rest = read_data(lambda size: next(chunks, b""), rest)
+        assert rest is not None
+        while not rest.startswith(b"RSET\r\n"):  # what came after the terminator starts the next command
+            more = next(chunks, b"")
+            assert more, "the sink read past the end of a message"
+            rest += more
+        rest = rest[len(b"RSET\r\n"):]
+    assert rest + b"".join(chunks) == b"QUIT\r\n"

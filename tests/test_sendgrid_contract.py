@@ -12,6 +12,7 @@ import copy
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from python_http_client.exceptions import HTTPError
 
 from newsletter.cli import cli
@@ -195,3 +196,51 @@ def test_the_fast_encoder_writes_exactly_the_reference_payload():
     for options in ({}, {"asm_group_id": 42, "sandbox": True}):
         assert _json.loads(encode_payload(rendered, envelopes, sender, **options)) == \
             build_payload(rendered, envelopes, sender, **options)
+        assert encode_payload(rendered, envelopes, sender, **options) == \
+            _json.dumps(build_payload(rendered, envelopes, sender, **options), separators=(",", ":"))
+
+
+#: Text JSON must escape or that only some columns hold: quotes, backslashes, controls, DEL, non-ASCII,
+#: astral characters, lone surrogates, separators, and what a placeholder or a JSON key looks like.
+HOSTILE = st.one_of(st.text(max_size=12), st.text(st.characters(max_codepoint=127), max_size=12), st.lists(st.sampled_from(
+    ['"', "\\", "\n", "\r", "\x00", "\x1f", "\x7f", "é", "😀", "\ud800", "\u2028", "</", "-nl-utok-", '","name":"',
+     "%s", "%d", "{", "a", " "]), max_size=6).map("".join))
+
+
+@settings(max_examples=200)
+@given(rows=st.lists(st.tuples(HOSTILE, HOSTILE, st.lists(HOSTILE, min_size=4, max_size=4), HOSTILE,
+                               st.integers(0, 2**63)), min_size=1, max_size=8),
+       issue_id=st.integers(0, 2**31), subject=HOSTILE)
+def test_the_fast_encoder_writes_the_reference_bytes_for_any_text(rows, issue_id, subject):
+    """Whatever the recipients' strings, the body is json.dumps of the reference dict, byte for byte."""
+    from newsletter.messengers.sendgrid import encode_payload
+    from newsletter.model import Envelope, Rendered, Sender
+
+    rendered = Rendered(issue_id=issue_id, segment="patients", cadence="weekly", variant="all", subject=subject,
+                        preheader="", html="<p>-nl-hgreet-</p>", text="-nl-tgreet-", summary_ids=[1], full_cards=1)
+    envelopes = [Envelope(delivery_id=big, subscriber_id=i, email=f"{i}{email}", name=name,
+                          values=dict(zip(PLACEHOLDERS, values)), unsubscribe_url=url)
+                 for i, (email, name, values, url, big) in enumerate(rows)]
+    sender = Sender("digest@example.org", "MS Digest")
+    assert encode_payload(rendered, envelopes, sender) == json.dumps(build_payload(rendered, envelopes, sender),
+                                                                     separators=(",", ":"))
+
+
+@pytest.mark.parametrize("column", ["email", "name", "value", "url"])
+def test_every_ascii_character_is_written_as_json_writes_it(column):
+    """Each of the 128 ASCII characters alone in an otherwise plain column (the case checked in bulk)."""
+    from newsletter.messengers.sendgrid import encode_payload
+    from newsletter.model import Envelope, Rendered, Sender
+
+    rendered = Rendered(issue_id=1, segment="patients", cadence="weekly", variant="all", subject="s",
+                        preheader="", html="h", text="t", summary_ids=[1], full_cards=1)
+    sender = Sender("digest@example.org", "MS Digest")
+    for code in range(128):
+        odd = f"a{chr(code)}b"
+        plain = {"email": "r@example.org", "name": "Ann", "value": "tok", "url": "https://x.example/u/1"}
+        envelopes = [Envelope(i + 1, i + 1, f"{i}{odd if column == 'email' and i else plain['email']}",
+                              odd if column == "name" and i else plain["name"],
+                              {k: odd if column == "value" and i else plain["value"] for k in PLACEHOLDERS},
+                              odd if column == "url" and i else plain["url"]) for i in range(2)]
+        assert encode_payload(rendered, envelopes, sender) == json.dumps(
+            build_payload(rendered, envelopes, sender), separators=(",", ":")), repr(chr(code))

@@ -24,6 +24,15 @@ def test_fast_signature_equals_itsdangerous_and_verifies(secret, subscriber_id, 
     assert tokens.verify(purpose, token) == subscriber_id
 
 
+@given(secret=st.text(min_size=1, max_size=200), subscriber_id=st.integers(min_value=0, max_value=10**12))
+def test_both_link_tokens_at_once_are_what_sign_makes(secret, subscriber_id):
+    tokens = Tokens(secret)
+    unsubscribe, preferences = tokens.link_tokens(subscriber_id)
+    assert unsubscribe == tokens.sign("unsubscribe", subscriber_id)
+    assert preferences == tokens.sign("preferences", subscriber_id)
+    assert tokens.verify("preferences", preferences) == subscriber_id
+
+
 @given(key=st.binary(min_size=0, max_size=200), message=st.binary(max_size=100))
 def test_precomputed_pads_give_the_standard_hmac(key, message):
     inner, outer = _hmac_pads(key)

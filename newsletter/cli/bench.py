@@ -15,11 +15,13 @@ import click
               type=click.Choice(["counting", "json", "sendgrid", "floor", "smtp", "smtp-pool"]), multiple=True,
               help="Messenger to measure (repeat; default: all, the smtp ones only up to 20,000). smtp-pool uses "
                    "4 connections; floor is the whole run's floor, the same work written by hand (bench_run_floor).")
-@click.option("--smtp-server", type=click.Choice(["aiosmtpd", "postfix"]), default="aiosmtpd", show_default=True,
-              help="What the smtp cases send to: aiosmtpd, or a Postfix the bench starts on loopback "
+@click.option("--smtp-server", type=click.Choice(["aiosmtpd", "sink", "postfix"]), default="aiosmtpd",
+              show_default=True,
+              help="What the smtp cases send to: aiosmtpd; sink, a server that only reads and counts (the "
+                   "client's own ceiling); or a Postfix the bench starts on loopback "
                    "(STARTTLS with a self-signed certificate, discard transport; needs root and Debian's postfix).")
 @click.option("--smtp-security", type=click.Choice(["none", "starttls"]), default="none", show_default=True,
-              help="TLS for the smtp cases against aiosmtpd (Postfix always takes STARTTLS).")
+              help="TLS for the smtp cases against aiosmtpd or the sink (Postfix always takes STARTTLS).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
 @click.option("--search", is_flag=True, help="Measure the editors' subscriber search instead (at each --subscribers).")
 def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str, smtp_security: str,
@@ -49,6 +51,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     \b
     Examples:
         newsletter bench --subscribers 10000 --subscribers 100000 --messenger counting
+        newsletter bench --subscribers 5000 --messenger smtp --smtp-server sink
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server postfix
         newsletter bench --search --subscribers 100000
     """
@@ -72,7 +75,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     run_floors = {r.subscribers: r.wall_s for r in results if r.messenger == "floor"}
     table = Table("subscribers", "messenger", "server", "recipients", "wall s", "cpu s", "peak RSS MB", "recipients/s",
                   "MJML", "premailer", "render s", "ledger s", "messenger s", "requests", "encode s", "floor s",
-                  "x floor", "x run floor", "ledger B/recipient")
+                  "x floor", "x run floor", "ledger B/recipient", "sink counted")
     for r in results:
         # json: encode_payload against the floor; sendgrid: the whole messenger (writing and posting) against it
         spent = r.json_encode_s if r.messenger == "json" else r.messenger_s if r.messenger == "sendgrid" else None
@@ -86,7 +89,8 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
                       f"{spent / floor:.2f}" if spent is not None and floor else "",
                       f"{r.wall_s / run_floors[r.subscribers]:.2f}"
                       if r.messenger == "sendgrid" and run_floors.get(r.subscribers) else "",
-                      f"{r.ledger_bytes_per_recipient:.0f}")
+                      f"{r.ledger_bytes_per_recipient:.0f}",
+                      "" if r.sink_recipients is None else f"{r.sink_recipients:,}")
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps({"machine": bench_mod.machine(), "results": bench_mod.as_dicts(results)},

@@ -8,10 +8,17 @@ ASCII (the smtp messenger then needs SMTPUTF8 from the relay). Text is first
 normalised by `header_text`, so no value can break a line or inject a header.
 
 The constant part of a message (Subject, From, List-Id...) is built once per
-rendered variant; per recipient only the tokens are filled, the To and
-Message-ID written, and the two bodies quoted-printable encoded in C
-(binascii). Building each message through `email.message.EmailMessage`
-costs about 5 ms for a digest; this costs a fraction of that.
+rendered variant, and so is the quoted-printable encoding of every body line
+that holds no placeholder (`_Body`); per recipient only the To, Date and
+Message-ID are written and the few lines with a token or the greeting are
+filled and encoded (binascii, in C). Building each message through
+`email.message.EmailMessage` costs about 5 ms for a digest; encoding both
+bodies whole about 0.8 ms; this costs a small fraction of that.
+
+A message is written in two forms: as a file (LF line ends: the maildir
+messenger) and as the SMTP DATA payload (`wire_bytes`: CRLF, leading dots
+doubled, CRLF.CRLF at the end), the latter too from parts converted once per
+variant, so the smtp messenger never rewrites a whole 90 KB message per recipient.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import binascii
 import email.policy
 import re
 import secrets
+import time
+from datetime import datetime
 from email.header import Header
 from email.headerregistry import Address
-from email.utils import format_datetime, localtime
+from email.utils import format_datetime
 from urllib.parse import urlsplit
 
-from ..model import Envelope, Notice, Rendered, Sender
+from ..model import PLACEHOLDERS, Envelope, Notice, Rendered, Sender
 
 POLICY = email.policy.SMTP.clone(linesep="\n")
 MAX_LINE = POLICY.max_line_length  # 78: RFC 5322's advised length; encoded words keep within it
@@ -37,6 +46,8 @@ _SPACES = re.compile(" {2,}")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ATOMS = re.compile(rf"({_ATEXT}( {_ATEXT})*)?")  # a display name headerregistry writes unquoted
 _DOT_ATOM = re.compile(rf"{_ATEXT}(\.{_ATEXT})*@{_ATEXT}(\.{_ATEXT})*")
+_PLACEHOLDER = re.compile("(" + "|".join(re.escape(key) for key in PLACEHOLDERS) + ")")
+CRLF = b"\r\n"
 _PART = 'Content-Type: text/{}; charset="utf-8"\nContent-Transfer-Encoding: quoted-printable\n'
 
 
@@ -120,8 +131,97 @@ def _common_headers(subject: str, sender: Sender) -> list[str]:
     return headers
 
 
+_date: list = [0, ""]
+
+
+def _date_header() -> str:
+    """`Date:` now, in local time to the second, written once a second (formatting it is a fifth of the
+    per-recipient head)."""
+    second = int(time.time())
+    if second != _date[0]:
+        _date[:] = [second, f"Date: {format_datetime(datetime.fromtimestamp(second).astimezone())}\n"]
+    return _date[1]
+
+
 def _message_id(tag: str, domain: str) -> str:
     return f"Message-ID: <{tag}.{secrets.token_hex(6)}@{domain}>\n"
+
+
+def wire_bytes(data: bytes) -> bytes:
+    """The DATA payload: CRLF line ends (smtplib sends bytes as they are, and the MIME is
+    written with LF), leading dots doubled, ended by CRLF.CRLF (RFC 5321 4.5.2).
+
+    bytes.replace rather than regular expressions: the same result about seven times faster
+    on a 90 KB body."""
+    data = data.replace(CRLF, b"\n").replace(b"\n", CRLF).replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    if not data.endswith(CRLF):
+        data += CRLF
+    return data + b"." + CRLF
+
+
+def _wire_part(part: bytes) -> bytes:
+    """wire_bytes for a part of a message with no CR in it that starts a line or starts with LF (each part
+    MimeTemplate joins does): the whole message's wire form is its parts' joined, and the final dot."""
+    part = part.replace(b"\n", CRLF).replace(b"\n.", b"\n..")
+    return b"." + part if part[:1] == b"." else part
+
+
+def _qp(body: str) -> bytes:
+    return binascii.b2a_qp(body.encode("utf-8"), istext=True)
+
+
+class _Body:
+    """One body's quoted-printable encoding, done once per variant but for the lines holding a placeholder.
+
+    binascii.b2a_qp encodes line by line (line length, trailing white space and a lone dot are all judged
+    within a line) except for one thing: whether the first LF follows a CR decides the line ends of the
+    whole output. So for a text with no CR, the encoding of its lines joined is the encoding of their
+    concatenation split after any LF: lines without a placeholder are encoded here once, and per recipient
+    only the runs of lines with one (the greeting, the two links) are filled and encoded. Tests check it
+    byte for byte against encoding the filled text whole, which is what happens when a CR is anywhere."""
+
+    def __init__(self, content: str):
+        self.content = content
+        self.parts: list[bytes | list[str]] = []  # encoded once, or a placeholder split to fill and encode
+        self.wire: list[bytes | None] = []  # the wire form of each encoded-once part
+        spans: list[list[int]] = []
+        for match in _PLACEHOLDER.finditer(content):
+            start = content.rfind("\n", 0, match.start()) + 1
+            end = content.find("\n", match.end())
+            end = len(content) if end < 0 else end + 1
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = end
+            else:
+                spans.append([start, end])
+        at = 0
+        for start, end in spans:
+            if start > at:
+                self._constant(_qp(content[at:start]))
+            self.parts.append(_PLACEHOLDER.split(content[start:end]))
+            self.wire.append(None)
+            at = end
+        if at < len(content) or not self.parts:
+            self._constant(_qp(content[at:]))
+
+    def _constant(self, encoded: bytes) -> None:
+        self.parts.append(encoded)
+        self.wire.append(_wire_part(encoded))
+
+    def encoded(self, values: dict[str, str], wire: bool) -> list[bytes] | None:
+        """This recipient's encoded body in parts (None if a value holds a CR: then it is encoded whole)."""
+        out = []
+        for part, part_wire in zip(self.parts, self.wire):
+            if part_wire is not None:
+                out.append(part_wire if wire else part)  # type: ignore[arg-type]
+                continue
+            filled = "".join(values[piece] if i % 2 else piece for i, piece in enumerate(part))  # type: ignore
+            if "\r" in filled:
+                return None
+            encoded = _qp(filled)
+            out.append(_wire_part(encoded) if wire else encoded)
+        return out
 
 
 class MimeTemplate:
@@ -143,20 +243,49 @@ class MimeTemplate:
         self.text_head = f"--{b}\n{_PART.format('plain')}\n".encode()
         self.html_head = f"\n--{b}\n{_PART.format('html')}\n".encode()
         self.tail = f"\n--{b}--\n".encode()
+        self.wire_head, self.wire_text_head, self.wire_html_head = map(_wire_part, (self.head, self.text_head,
+                                                                                    self.html_head))
+        self.wire_tail = _wire_part(self.tail) + b"." + CRLF
+        self.bodies: tuple[_Body, _Body] | None = None
 
-    def message_bytes(self, envelope: Envelope) -> bytes:
-        html, text = self.rendered.personalise(envelope.values)
+    def _recipient_head(self, envelope: Envelope) -> bytes:
         tag = self.sender.tag(envelope.delivery_id)  # signed: bounces are matched by it (sources/bounces.py)
-        head = (address_header("To", envelope.name, envelope.email)
-                + f"Date: {format_datetime(localtime())}\n"
+        return (address_header("To", envelope.name, envelope.email)
+                + _date_header()
                 + _message_id(f"{self.rendered.issue_id}.{tag}", self.domain)
                 + f"List-Unsubscribe: <{envelope.unsubscribe_url}>\n"
                 f"X-Newsletter-Delivery: {tag}\n{self.content_type}").encode("utf-8")
-        return b"".join((self.head, head, self.text_head, _qp(text), self.html_head, _qp(html), self.tail))
 
+    def _whole(self, envelope: Envelope) -> bytes:
+        """Both bodies filled and encoded whole: for content or values holding a CR (see _Body)."""
+        html, text = self.rendered.personalise(envelope.values)
+        return b"".join((self.head, self._recipient_head(envelope), self.text_head, _qp(text), self.html_head,
+                         _qp(html), self.tail))
 
-def _qp(body: str) -> bytes:
-    return binascii.b2a_qp(body.encode("utf-8"), istext=True)
+    def _parts(self, envelope: Envelope, wire: bool) -> list[bytes] | None:
+        rendered, bodies = self.rendered, self.bodies
+        if bodies is None or bodies[0].content is not rendered.text or bodies[1].content is not rendered.html:
+            if "\r" in rendered.text or "\r" in rendered.html or b"\r" in self.head:
+                return None
+            bodies = self.bodies = (_Body(rendered.text), _Body(rendered.html))
+        head = self._recipient_head(envelope)
+        text, html = bodies[0].encoded(envelope.values, wire), bodies[1].encoded(envelope.values, wire)
+        if text is None or html is None or b"\r" in head:
+            return None
+        if wire:
+            return [self.wire_head, _wire_part(head), self.wire_text_head, *text, self.wire_html_head, *html,
+                    self.wire_tail]
+        return [self.head, head, self.text_head, *text, self.html_head, *html, self.tail]
+
+    def message_bytes(self, envelope: Envelope) -> bytes:
+        """The message as a file: LF line ends."""
+        parts = self._parts(envelope, wire=False)
+        return self._whole(envelope) if parts is None else b"".join(parts)
+
+    def wire_message(self, envelope: Envelope) -> bytes:
+        """The same message as the DATA payload: wire_bytes(message_bytes(envelope)), built from parts."""
+        parts = self._parts(envelope, wire=True)
+        return wire_bytes(self._whole(envelope)) if parts is None else b"".join(parts)
 
 
 _templates: dict[int, tuple[Rendered, Sender, MimeTemplate]] = {}
@@ -177,10 +306,14 @@ def message_bytes(rendered: Rendered, envelope: Envelope, sender: Sender) -> byt
     return template_for(rendered, sender).message_bytes(envelope)
 
 
+def wire_message(rendered: Rendered, envelope: Envelope, sender: Sender) -> bytes:
+    return template_for(rendered, sender).wire_message(envelope)
+
+
 def notice_bytes(notice: Notice, sender: Sender) -> bytes:
     """A plain-text one-off message, its headers written as a digest's are."""
     domain = _ascii_host(sender.email.rpartition("@")[2] or "localhost")
     head = "".join(_common_headers(notice.subject, sender)) + address_header("To", "", notice.to) + (
-        f"Date: {format_datetime(localtime())}\n" + _message_id(notice.category, domain)
+        _date_header() + _message_id(notice.category, domain)
         + f"Auto-Submitted: auto-generated\nMIME-Version: 1.0\n{_PART.format('plain')}\n")
     return head.encode("utf-8") + _qp(notice.text)

@@ -17,6 +17,7 @@ trust and set-up errors.
 from __future__ import annotations
 
 import email.errors
+import re
 import smtplib
 import socket
 import ssl
@@ -25,10 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from ..model import Envelope, FatalSendError, Notice, Outcome, Rendered, Sender, stop_mid_batch
-from .mime import message_bytes, notice_bytes
+from .mime import notice_bytes, wire_bytes, wire_message
 
 RETRY_ATTEMPTS = 3
-CRLF = b"\r\n"
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
 NAME_MISMATCH = (62, 64)
 
@@ -56,18 +56,24 @@ class _SMTP_SSL(_NoDelay, smtplib.SMTP_SSL):
     pass
 
 
-def wire_bytes(data: bytes) -> bytes:
-    """The DATA payload: CRLF line ends (smtplib sends bytes as they are, and the MIME is
-    written with LF), leading dots doubled, ended by CRLF.CRLF (RFC 5321 4.5.2).
+#: An address smtplib.quoteaddr gives back as <address>: ASCII atoms, dots and one @ (what nearly all are).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9.-]+")
 
-    bytes.replace rather than regular expressions: the same result about seven times faster
-    on a 90 KB body, which is most of the client's work per message."""
-    data = data.replace(CRLF, b"\n").replace(b"\n", CRLF).replace(b"\n.", b"\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    if not data.endswith(CRLF):
-        data += CRLF
-    return data + b"." + CRLF
+
+def _mail(conn: smtplib.SMTP, sender: str, options: list[str]) -> tuple[int, bytes]:
+    """conn.mail() without its address parser for a plain address: smtplib.quoteaddr runs the email
+    package's RFC 2822 parser (about a tenth of the client's time per message) to return `<address>`.
+    The same command, the same reply handling (docmd is putcmd and getreply, as mail() does)."""
+    if options or not _PLAIN_ADDRESS.fullmatch(sender):
+        return conn.mail(sender, options)
+    return conn.docmd("mail", f"FROM:<{sender}>")
+
+
+def _rcpt(conn: smtplib.SMTP, recipient: str) -> tuple[int, bytes]:
+    """conn.rcpt() likewise."""
+    if not _PLAIN_ADDRESS.fullmatch(recipient):
+        return conn.rcpt(recipient)
+    return conn.docmd("rcpt", f"TO:<{recipient}>")
 
 
 def _text(resp: bytes | str) -> str:
@@ -193,7 +199,7 @@ class SmtpMessenger:
 
     def _send_one(self, rendered: Rendered, env: Envelope) -> tuple[Outcome, bool]:
         try:
-            data = wire_bytes(message_bytes(rendered, env, self.sender))
+            data = wire_message(rendered, env, self.sender)
         except (ValueError, email.errors.MessageError) as exc:  # UnicodeError is a ValueError
             return Outcome("failed", [env.delivery_id], error=f"smtp: cannot build the message: {exc}"), False
         return self._transmit(data, env.email, [env.delivery_id])
@@ -234,8 +240,8 @@ class SmtpMessenger:
                         return Outcome("failed", ids, error="smtp: the address is not ASCII and the server does "
                                                             "not offer SMTPUTF8"), False
                     options = ["SMTPUTF8", "BODY=8BITMIME"] if conn.has_extn("8bitmime") else ["SMTPUTF8"]
-                for step, command in (("MAIL FROM", lambda: conn.mail(mail_from, options)),
-                                      ("RCPT TO", lambda: conn.rcpt(recipient)), ("DATA", lambda: conn.docmd("DATA"))):
+                for step, command in (("MAIL FROM", lambda: _mail(conn, mail_from, options)),
+                                      ("RCPT TO", lambda: _rcpt(conn, recipient)), ("DATA", lambda: conn.docmd("DATA"))):
                     code, resp = command()
                     if code == 421:
                         raise _Dropped(f"{step}: {code} {_text(resp)}")
