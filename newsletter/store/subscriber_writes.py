@@ -111,33 +111,33 @@ class Writer:
             if self.suppressions:  # an empty list suppresses nobody: no address need be hashed
                 hashes = {self.hash_address(email): email for email in new}
                 on_list = {hashes[h] for (h,) in conn.execute(_ON_LIST, (json.dumps(list(hashes)),))}
-        adds, updates, added_consent, updated_consent, kept = [], [], [], [], 0
+        adds, updates, consents, kept = [], [], [], 0  # consents: (subscriber id, or -1 - its place in adds)
         for n, email, name, segment, cadence, topics, status, consent in rows:
             found = known.get(email)
             if found is None:
                 wanted = status or "pending"
                 if email in on_list and wanted not in _SUPPRESSED:
                     wanted, kept = "unsubscribed", kept + 1
+                if consent and wanted not in _SUPPRESSED:
+                    consents.append((-1 - len(adds), consent))
                 adds.append((email, name, segment, cadence, topics, wanted, now, n))
-                added_consent.append(consent if consent and wanted not in _SUPPRESSED else None)
             else:
                 old = found[1]
                 wanted = status or old
                 if old in _SUPPRESSED and wanted not in _SUPPRESSED:
                     wanted, kept = old, kept + 1
-                updates.append((found[0], name, segment, cadence, topics, wanted, now, n))
                 if consent and wanted not in _SUPPRESSED:
-                    updated_consent.append([found[0], *consent])
+                    consents.append((found[0], consent))
+                updates.append((found[0], name, segment, cadence, topics, wanted, now, n))
         first_id = 0
         if adds:
             conn.executemany(_ADD, (a[:7] for a in adds))
             first_id = self._added(len(adds))
         if updates:
             conn.executemany(_UPDATE, (u[:7] for u in updates))
-        given = [[sid, *c] for sid, c in zip(range(first_id, first_id + len(adds)), added_consent) if c]
-        given += updated_consent
         recorded = 0
-        if given:
+        if consents:  # in the records' order; an added subscriber's id is the first id plus its place
+            given = [[sid if sid > 0 else first_id - 1 - sid, *consent] for sid, consent in consents]
             recorded = conn.execute(_CONSENT, {"rows": json.dumps(given), "now": now}).rowcount
         return Written({"added": len(adds), "updated": len(updates), "kept_suppressed": kept, "consents": recorded},
                        first_id, [a[7] for a in adds], [(u[7], u[0]) for u in updates])
