@@ -26,7 +26,7 @@ LAYERS = [
     {"dispatch", "feedback"},
     {"digest"},
     {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention"},
-    {"bootstrap", "bench", "bench_floor", "bench_search", "bench_sinks", "bench_postfix"},
+    {"bootstrap", "bench", "bench_floor", "bench_import", "bench_search", "bench_sinks", "bench_postfix"},
     {"cli", "web", "__main__"},
 ]
 NETWORK = ("smtplib", "mailbox", "imaplib", "poplib", "socket", "http.client", "http.server", "urllib.request",

@@ -68,3 +68,12 @@ def test_the_floor_quotes_every_recipients_own_strings_and_the_json_case_reports
     result = bench.run_isolated(10_000, "json")
     assert result.recipients == 9_000 and result.floor_s and result.json_encode_s
     assert 0 < result.ledger_bytes_per_recipient < 1000
+
+
+def test_the_import_case_adds_every_row_then_updates_every_row():
+    from newsletter import bench_import
+
+    new, again = bench_import.run(3000)
+    assert (new.case, new.added, new.updated, new.rejected) == ("new", 3000, 0, 0)
+    assert (again.case, again.added, again.updated, again.rejected) == ("again", 0, 3000, 0)
+    assert new.peak_rss_mb > 0 and new.cpu_s > 0
