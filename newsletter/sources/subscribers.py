@@ -82,6 +82,19 @@ def subscriber_cleaner(segments: Iterable[str], known_topics: Iterable[str] = ()
     allowed = set(segments)
     canonical = {t.lower(): t for t in known_topics}
 
+    @functools.lru_cache(maxsize=1024)
+    def topics_of(text: str) -> tuple[str, ...]:
+        """A file's topics cell as the sorted, canonical topics (a file has few distinct cells)."""
+        return tuple(sorted(set(checked_topics([t.strip() for t in text.replace(",", ";").split(";") if t.strip()]))))
+
+    def checked_topics(topics: list[str]) -> list[str]:
+        if canonical:
+            unknown = [t for t in topics if t.lower() not in canonical]
+            if unknown:
+                raise SubscriberError(f"topics: {unknown[0]!r} is not one of {', '.join(canonical.values())}")
+            topics = [canonical[t.lower()] for t in topics]
+        return topics
+
     def clean(raw: dict[str, Any]) -> dict[str, Any]:
         email = normalise(raw.get("email") or "")
         segment = (raw.get("segment") or "").strip()
@@ -94,20 +107,14 @@ def subscriber_cleaner(segments: Iterable[str], known_topics: Iterable[str] = ()
         if status is not None and status not in SUBSCRIBER_STATUSES:
             raise SubscriberError(f"status: {status!r} is not one of {', '.join(SUBSCRIBER_STATUSES)}")
         topics = raw.get("topics") or []
-        if isinstance(topics, str):
-            topics = [t.strip() for t in topics.replace(",", ";").split(";") if t.strip()]
-        if canonical:
-            unknown = [t for t in topics if t.lower() not in canonical]
-            if unknown:
-                raise SubscriberError(f"topics: {unknown[0]!r} is not one of {', '.join(canonical.values())}")
-            topics = [canonical[t.lower()] for t in topics]
+        topics = list(topics_of(topics)) if isinstance(topics, str) else sorted(set(checked_topics(topics)))
         name = raw.get("name") or ""
         if not name.isprintable() or "  " in name or name != name.strip():
             name = one_line(name)
         if len(name) > 200 or "<" in name or ">" in name:
             raise SubscriberError(f"name: {name[:40]!r}: at most 200 characters, no < or >")
-        return {"email": email, "name": name, "segment": segment, "cadence": cadence,
-                "topics": sorted(set(topics)) if topics else [], "status": status}
+        return {"email": email, "name": name, "segment": segment, "cadence": cadence, "topics": topics,
+                "status": status}
     return clean
 
 

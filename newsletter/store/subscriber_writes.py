@@ -18,6 +18,7 @@ optional fields are often empty, go in as one JSON array.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -81,7 +82,13 @@ def row(n: int, rec: Mapping[str, Any], consent: Mapping[str, Any] | None = None
         method, basis = check_consent(consent)
         given = (method, basis, consent.get("wording_version"), consent.get("opted_in_at"), consent.get("ip"))
     return (n, rec["email"], rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly",
-            json.dumps(list(topics), ensure_ascii=False) if topics else "[]", rec.get("status") or None, given)
+            _topics_json(tuple(topics)) if topics else "[]", rec.get("status") or None, given)
+
+
+@functools.lru_cache(maxsize=1024)
+def _topics_json(topics: tuple[str, ...]) -> str:
+    """A list of topics as stored (a list has few distinct ones)."""
+    return json.dumps(list(topics), ensure_ascii=False)
 
 
 class Writer:
@@ -112,6 +119,7 @@ class Writer:
                 hashes = {self.hash_address(email): email for email in new}
                 on_list = {hashes[h] for (h,) in conn.execute(_ON_LIST, (json.dumps(list(hashes)),))}
         adds, updates, consents, kept = [], [], [], 0  # consents: (subscriber id, or -1 - its place in adds)
+        add_lines, update_lines = [], []
         for n, email, name, segment, cadence, topics, status, consent in rows:
             found = known.get(email)
             if found is None:
@@ -120,7 +128,8 @@ class Writer:
                     wanted, kept = "unsubscribed", kept + 1
                 if consent and wanted not in _SUPPRESSED:
                     consents.append((-1 - len(adds), consent))
-                adds.append((email, name, segment, cadence, topics, wanted, now, n))
+                adds.append((email, name, segment, cadence, topics, wanted, now))
+                add_lines.append(n)
             else:
                 old = found[1]
                 wanted = status or old
@@ -128,19 +137,20 @@ class Writer:
                     wanted, kept = old, kept + 1
                 if consent and wanted not in _SUPPRESSED:
                     consents.append((found[0], consent))
-                updates.append((found[0], name, segment, cadence, topics, wanted, now, n))
+                updates.append((found[0], name, segment, cadence, topics, wanted, now))
+                update_lines.append((n, found[0]))
         first_id = 0
         if adds:
-            conn.executemany(_ADD, (a[:7] for a in adds))
+            conn.executemany(_ADD, adds)
             first_id = self._added(len(adds))
         if updates:
-            conn.executemany(_UPDATE, (u[:7] for u in updates))
+            conn.executemany(_UPDATE, updates)
         recorded = 0
         if consents:  # in the records' order; an added subscriber's id is the first id plus its place
             given = [[sid if sid > 0 else first_id - 1 - sid, *consent] for sid, consent in consents]
             recorded = conn.execute(_CONSENT, {"rows": json.dumps(given), "now": now}).rowcount
         return Written({"added": len(adds), "updated": len(updates), "kept_suppressed": kept, "consents": recorded},
-                       first_id, [a[7] for a in adds], [(u[7], u[0]) for u in updates])
+                       first_id, add_lines, update_lines)
 
     def _added(self, count: int) -> int:
         """The first id of the `count` rows just added: ids given in a row, each larger than any before
