@@ -14,7 +14,8 @@ from newsletter.model import SUBSCRIBER_STATUSES, SUPPRESSED
 from newsletter.store import Store
 from tests.conftest import SECRET
 
-POOL = [f"p{i}@example.org" for i in range(8)]
+POOL = [f"p{i}@example.org" for i in range(6)] + ["\u00fcn\u00ef@b\u00fccher.de", "\U0001d4b6@example.org",
+                                                  '"a b\\\\c"@example.org']
 SEGMENTS = ["patients", "caregivers", "clinicians"]
 
 

@@ -424,6 +424,19 @@ def test_a_strict_import_refused_leaves_the_table_and_the_index_exactly_as_they_
     assert search_index(site.store) == index
 
 
+def test_a_file_that_stops_being_utf8_half_way_leaves_the_table_and_the_index_as_they_were(site, runner, tmp_path):
+    """The error comes from the reader after thousands of rows were written (and the triggers dropped)."""
+    invoke(runner, site, "subscribers", "import", numbered_people(tmp_path / "first.csv", range(0, 1000)))
+    table, index = site.store.query("SELECT * FROM subscribers ORDER BY id"), search_index(site.store)
+    path = numbered_people(tmp_path / "second.csv", range(500, 9000))
+    path.write_bytes(path.read_bytes() + b"caf\xe9@example.org,Caf\xe9,patients\n")  # Latin-1, not UTF-8
+    result = invoke(runner, site, "subscribers", "import", path)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {path}: encoding: not UTF-8 text (save the CSV as UTF-8)"
+    assert site.store.query("SELECT * FROM subscribers ORDER BY id") == table
+    assert search_index(site.store) == index
+
+
 def _import_peak_rss_kb(make_site, rows: int, tmp_path) -> int:
     """Import `rows` subscribers (a few bad, a few repeated) in a fresh interpreter; its peak RSS."""
     import subprocess
