@@ -26,7 +26,7 @@ LAYERS = [
     {"dispatch", "feedback"},
     {"digest"},
     {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention", "notices"},
-    {"bootstrap", "bench", "bench_floor", "bench_search", "bench_sinks", "bench_postfix", "bench_run_floor"},
+    {"bootstrap", "bench", "bench_floor", "bench_import", "bench_search", "bench_sinks", "bench_postfix", "bench_run_floor"},
     {"cli", "web", "__main__"},
 ]
 NETWORK = ("smtplib", "mailbox", "imaplib", "poplib", "socket", "http.client", "http.server", "urllib.request",

@@ -146,3 +146,12 @@ def test_the_reading_sink_finds_each_end_of_data_however_the_bytes_arrive(messag
             rest += more
         rest = rest[len(b"RSET\r\n"):]
     assert rest + b"".join(chunks) == b"QUIT\r\n"
+
+
+def test_the_import_case_adds_every_row_then_updates_every_row():
+    from newsletter import bench_import
+
+    new, again = bench_import.run(3000)
+    assert (new.case, new.added, new.updated, new.rejected) == ("new", 3000, 0, 0)
+    assert (again.case, again.added, again.updated, again.rejected) == ("again", 0, 3000, 0)
+    assert new.peak_rss_mb > 0 and new.cpu_s > 0

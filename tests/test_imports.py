@@ -353,6 +353,90 @@ def test_rows_of_any_layout_never_crash_and_suppressed_never_becomes_active(case
             assert record["status"] != "active"
 
 
+# -- the editors' search index after an import ---------------------------------------------------------
+
+def search_index(store) -> dict:
+    """What the search index holds (every trigram of every address, where), the SQL of every trigger, and
+    the index's own shadow tables byte for byte."""
+    store.conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_terms USING fts5vocab(main, subscriber_search, "
+                       "instance)")
+    return {"terms": store.query("SELECT term, doc, offset FROM temp.search_terms ORDER BY term, doc, offset"),
+            "triggers": store.query("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"),
+            **{table: store.query(f"SELECT * FROM {table} ORDER BY 1")
+               for table in ("subscriber_search_data", "subscriber_search_idx", "subscriber_search_docsize",
+                             "subscriber_search_config")}}
+
+
+def rebuilt_terms(store) -> list[dict]:
+    """The index's terms as FTS5's 'rebuild' would make them from the table (in a transaction undone after)."""
+    store.conn.execute("BEGIN")
+    try:
+        store.conn.execute("INSERT INTO subscriber_search (subscriber_search) VALUES ('rebuild')")
+        return store.query("SELECT term, doc, offset FROM temp.search_terms ORDER BY term, doc, offset")
+    finally:
+        store.conn.execute("ROLLBACK")
+
+
+def numbered_people(path: Path, rows: range, bad_at: int | None = None, renamed: str = "") -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("email,name,segment\n")
+        for i in rows:
+            email = "not-an-address" if i == bad_at else f"reader.{i}@example{i % 7}.org"
+            fh.write(f"{email},{renamed}Reader {i},{SEGMENTS[i % 3]}\n")
+    return path
+
+
+def test_the_search_index_after_an_import_is_the_one_a_rebuild_gives(site, runner, tmp_path):
+    """Its triggers are dropped during the import and the new rows indexed at the end: the index holds what
+    FTS5 would build from the table, the triggers are back as they were, and search finds old, updated and
+    new rows alike (a few thousand rows: more than one chunk)."""
+    invoke(runner, site, "subscribers", "import", numbered_people(tmp_path / "first.csv", range(0, 2500)))
+    before = search_index(site.store)
+    result = invoke(runner, site, "subscribers", "import",
+                    numbered_people(tmp_path / "second.csv", range(2000, 4600), renamed="Dr "))
+    assert result.stdout.strip() == "2100 added, 500 updated, 0 rejected"
+    after = search_index(site.store)
+    assert after["triggers"] == before["triggers"]
+    assert after["terms"] == rebuilt_terms(site.store)
+    assert len({t["doc"] for t in after["terms"]}) == 4600
+    site.store.query("INSERT INTO subscriber_search (subscriber_search, rank) VALUES ('integrity-check', 1)")
+    hashsize = {r["k"]: r["v"] for r in after["subscriber_search_config"]}.get("hashsize")
+    assert hashsize in (None, 1024 * 1024)  # FTS5's default, as before the import
+    for text, expected in (("reader.17@", ["reader.17@example3.org"]), ("reader.2222@", ["reader.2222@example3.org"]),
+                           ("er.4599@exa", ["reader.4599@example0.org"])):
+        assert [r["email"] for r in site.store.search_subscribers(text)] == expected
+    assert site.store.search_subscribers("reader.2222@")[0]["name"] == "Dr Reader 2222"
+    # the triggers work again: a sign-up after the import is found at once
+    site.store.upsert_subscribers([{"email": "late.comer@example.org", "segment": "patients"}])
+    assert [r["email"] for r in site.store.search_subscribers("comer")] == ["late.comer@example.org"]
+
+
+def test_a_strict_import_refused_leaves_the_table_and_the_index_exactly_as_they_were(site, runner, tmp_path):
+    invoke(runner, site, "subscribers", "import", numbered_people(tmp_path / "first.csv", range(0, 1000)))
+    table = site.store.query("SELECT * FROM subscribers ORDER BY id")
+    index = search_index(site.store)
+    path = numbered_people(tmp_path / "second.csv", range(500, 6000), bad_at=5990, renamed="Dr ")
+    result = invoke(runner, site, "subscribers", "import", path, "--strict")
+    assert result.exit_code == 1
+    assert f"{path}: line 5492: email: 'not-an-address'" in result.stderr
+    assert result.stderr.strip().endswith("1 bad rows; nothing imported (--strict)")
+    assert site.store.query("SELECT * FROM subscribers ORDER BY id") == table
+    assert search_index(site.store) == index
+
+
+def test_a_file_that_stops_being_utf8_half_way_leaves_the_table_and_the_index_as_they_were(site, runner, tmp_path):
+    """The error comes from the reader after thousands of rows were written (and the triggers dropped)."""
+    invoke(runner, site, "subscribers", "import", numbered_people(tmp_path / "first.csv", range(0, 1000)))
+    table, index = site.store.query("SELECT * FROM subscribers ORDER BY id"), search_index(site.store)
+    path = numbered_people(tmp_path / "second.csv", range(500, 9000))
+    path.write_bytes(path.read_bytes() + b"caf\xe9@example.org,Caf\xe9,patients\n")  # Latin-1, not UTF-8
+    result = invoke(runner, site, "subscribers", "import", path)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {path}: encoding: not UTF-8 text (save the CSV as UTF-8)"
+    assert site.store.query("SELECT * FROM subscribers ORDER BY id") == table
+    assert search_index(site.store) == index
+
+
 def _import_peak_rss_kb(make_site, rows: int, tmp_path) -> int:
     """Import `rows` subscribers (a few bad, a few repeated) in a fresh interpreter; its peak RSS."""
     import subprocess

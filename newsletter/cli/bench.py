@@ -24,8 +24,10 @@ import click
               help="TLS for the smtp cases against aiosmtpd or the sink (Postfix always takes STARTTLS).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
 @click.option("--search", is_flag=True, help="Measure the editors' subscriber search instead (at each --subscribers).")
+@click.option("--import", "import_", is_flag=True,
+              help="Measure `subscribers import` of a CSV of that many rows instead (at each --subscribers).")
 def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str, smtp_security: str,
-          json_out: Path | None, search: bool) -> None:
+          json_out: Path | None, search: bool, import_: bool) -> None:
     """Measure the whole weekly digest at scale in a scratch database.
 
     Each case (size, messenger) runs in a fresh process: generate subscribers
@@ -48,12 +50,18 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     searches an editor types (prefixes, substrings, filters, the next page)
     over N varied addresses, with the size and insert cost of the search index.
 
+    With --import, it runs `newsletter subscribers import` on a CSV of N varied
+    rows (every row valid), each run in a fresh process: into a new site (every
+    row added), then the same file again (every row an update); wall and CPU
+    time of the whole command, peak RSS, rows per second.
+
     \b
     Examples:
         newsletter bench --subscribers 10000 --subscribers 100000 --messenger counting
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server sink
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server postfix
         newsletter bench --search --subscribers 100000
+        newsletter bench --import --subscribers 100000 --subscribers 1000000
     """
     from rich.console import Console
     from rich.table import Table
@@ -67,6 +75,9 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     console.print(f"machine: {bench_mod.machine()}")
     if search:
         _bench_search(console, sizes, json_out)
+        return
+    if import_:
+        _bench_import(console, sizes, json_out)
         return
     for n, name in bench_mod.cases(sizes, messengers):
         with console.status(f"{n:,} subscribers, {name}..."):
@@ -118,3 +129,28 @@ def _bench_search(console, sizes: tuple[int, ...], json_out: Path | None) -> Non
         report.append({**facts, "searches": [asdict(t) for t in timings]})
     if json_out:
         json_out.write_text(json.dumps({"search": report}, indent=2))
+
+
+def _bench_import(console, sizes: tuple[int, ...], json_out: Path | None) -> None:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from .. import bench_import
+
+    runs = []
+    for n in sizes:
+        with console.status(f"import of {n:,} rows..."):
+            runs += bench_import.run(n)
+    table = Table("rows", "case", "added", "updated", "rejected", "wall s", "cpu s", "peak RSS MB", "rows/s")
+    for r in runs:
+        table.add_row(f"{r.rows:,}", r.case, f"{r.added:,}", f"{r.updated:,}", f"{r.rejected:,}", f"{r.wall_s:.2f}",
+                      f"{r.cpu_s:.2f}", f"{r.peak_rss_mb:.0f}", f"{r.rows_per_s:,}")
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"machine": _machine(), "import": [asdict(r) for r in runs]}, indent=2))
+
+
+def _machine() -> str:
+    from .. import bench as bench_mod
+    return bench_mod.machine()

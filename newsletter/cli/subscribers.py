@@ -94,7 +94,8 @@ def subscribers_import(ctx: Context, csv_file: Path, tool: str | None, maps: tup
     that unsubscribed is never made active again by an import. Topics are
     separated by semicolons and must be the site's topics. The file is read,
     checked and written in chunks inside one transaction (memory stays flat
-    for a million rows); with --strict a bad row anywhere rolls it all back.
+    for a million rows), the editors' search index brought up to date once
+    before the commit; with --strict a bad row anywhere rolls it all back.
 
     \b
     Examples:

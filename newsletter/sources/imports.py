@@ -1,6 +1,6 @@
 """Subscriber files from other tools (Mailchimp, listmonk, Substack, Buttondown, Ghost) or any CSV with
 --map: each layout's columns and statuses turned into ours, so a move keeps who unsubscribed or bounced
-and when each person opted in. Rows are then checked by `clean_subscriber` like our own CSV."""
+and when each person opted in. Rows are then checked by `clean_subscriber`'s rules like our own CSV."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
 
-from .subscribers import CSV_COLUMNS, SubscriberError, clean_rows, clean_subscriber, read_csv, read_header
+from .subscribers import (CSV_COLUMNS, EmailNormaliser, SubscriberError, clean_rows, read_csv, read_header,
+                          subscriber_cleaner)
 
 #: What a column can be mapped to with --map COLUMN=FIELD.
 FIELDS = ("email", "name", "first_name", "last_name", "segment", "cadence", "topics", "status", "opted_in_at", "ip")
@@ -165,8 +166,8 @@ def _read_fields(row: Row, sources: Mapping[str, tuple[str, ...]]) -> tuple[dict
     return values, origin
 
 
-def convert_row(row: Row, layout: Layout, sources: Mapping[str, tuple[str, ...]], segments: list[str],
-                known_topics: list[str], defaults: Mapping[str, str | None]) -> dict[str, Any]:
+def convert_row(row: Row, layout: Layout, sources: Mapping[str, tuple[str, ...]],
+                clean: Callable[[dict[str, Any]], dict[str, Any]], defaults: Mapping[str, str | None]) -> dict[str, Any]:
     """One row as a clean subscriber record (with its opt-in time and address for the consent record)."""
     values, origin = _read_fields(row, sources)
     name = values.get("name") or " ".join(p.strip() for p in (values.get("first_name", ""),
@@ -178,7 +179,7 @@ def convert_row(row: Row, layout: Layout, sources: Mapping[str, tuple[str, ...]]
            "segment": values.get("segment") or defaults.get("segment") or "",
            "cadence": values.get("cadence") or defaults.get("cadence") or "weekly",
            "topics": split_tags(values.get("topics", ""))}
-    record = clean_subscriber(raw, segments, known_topics)
+    record = clean(raw)
     record["opted_in_at"] = parse_time(values.get("opted_in_at", ""), origin.get("opted_in_at", "opted_in_at"))
     record["ip"] = parse_ip(values.get("ip", ""), origin.get("ip", "ip"))
     return record
@@ -224,11 +225,12 @@ def read_import(handle: TextIO, segments: Iterable[str], known_topics: Iterable[
         raise SubscriberError(f"{where}: line 1: no segment column; give --segment for this file")
     used = {c for cols in sources.values() for c in cols} | set(layout.status_columns)
     result.ignored = [c for c in header if c not in used]
+    clean_record = subscriber_cleaner(segments, known_topics, EmailNormaliser())
 
     def clean(row: dict[str, Any]) -> dict[str, Any]:
         if None in row:
             raise SubscriberError(f"row: {len(header) + len(row[None])} cells for {len(header)} columns")
-        return convert_row(row, layout, sources, segments, known_topics, defaults)
+        return convert_row(row, layout, sources, clean_record, defaults)
 
     cleaned = clean_rows(reader, fieldnames, clean, stream)
     result.good, result.bad = cleaned.good, cleaned.bad

@@ -11,7 +11,7 @@ from .audit import AuditLog
 from .bounces import Bounces
 from .compaction import Compaction
 from .connection import DatabaseError, StoreError, Tables, decode_topics, describe, email_hash, now_iso
-from .consent import CONSENT_METHODS, Consent, ImportRefused
+from .consent import CONSENT_METHODS, Consent
 from .directory import Directory, Refused, next_string, search_key, subscriber_target
 from .editor_secrets import EditorSecrets
 from .editor_sessions import EditorSessions
@@ -27,6 +27,7 @@ from .reports import Reports
 from .schedule import SCHEDULABLE, Schedule, due
 from .retention import Retention
 from .signups import NOT_BY_LINK, Signups
+from .subscriber_import import ImportRefused, SubscriberImport
 from .subscribers import Subscribers
 from .summaries import SUMMARY_FIELDS, ImportCounts, Summaries, content_hash
 from .throttles import Attempt, Limit, Throttles
@@ -36,6 +37,7 @@ from .welcomes import Welcomes
 class Store(
     Feeds,
     Summaries,
+    SubscriberImport,
     Consent,
     Retention,
     Directory,
@@ -66,7 +68,7 @@ __all__ = [
     "Attempt", "AuditLog", "Bounces", "Compaction", "Consent", "DatabaseError", "Directory", "EditorSecrets",
     "EditorSessions", "Events", "Export", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit",
     "NoticeQueue", "Reading", "Refused",
-    "Reports", "Retention", "Schedule", "Signups", "Store", "StoreError", "Subscribers", "Summaries", "Tables",
+    "Reports", "Retention", "Schedule", "Signups", "Store", "StoreError", "SubscriberImport", "Subscribers", "Summaries", "Tables",
     "Throttles", "Welcomes",
     "content_hash", "decode_topics", "describe", "due", "email_hash", "may_send", "migrations", "next_string", "now_iso",
     "reading_hold", "search_key", "subscriber_target",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from ..model import SUBSCRIBER_STATUSES, SUPPRESSED
+from ..model import SUBSCRIBER_STATUSES
 from .connection import Tables, conditions, decode_topics, now_iso
+from .subscriber_writes import Writer, chunks
 
 #: SET clause (params: new segment, new cadence, now) stamping a change of audience; SET reads old values.
 AUDIENCE_CHANGED = ("audience_changed_at = CASE WHEN segment != ? OR cadence != ? THEN ? "
@@ -29,45 +30,23 @@ class Subscribers(Tables):
     def is_suppressed(self, email: str) -> bool:
         return bool(self.query("SELECT 1 FROM suppressions WHERE email_hash = ?", (self.suppression_hash(email),)))
 
-    def upsert_subscribers(self, records: Iterable[dict[str, Any]]) -> dict[str, int]:
-        """Add or update subscribers in one transaction.
+    def upsert_subscribers(self, records: Iterable[dict[str, Any]], chunk: int = 2000) -> dict[str, int]:
+        """Add or update subscribers in one transaction, a chunk at a time (subscriber_writes.py has the rules).
 
         An address that unsubscribed, bounced, complained or was removed is never
         made active again by an import: only its own confirmation can do that.
         """
-        counts = {"added": 0, "updated": 0, "kept_suppressed": 0}
-        now = now_iso()
+        return self._upsert(records, chunk, consent=False)
+
+    def _upsert(self, records: Iterable[dict[str, Any]], chunk: int, consent: bool) -> dict[str, int]:
+        counts = {"added": 0, "updated": 0, "kept_suppressed": 0, "consents": 0}
         with self.transaction() as conn:
-            for rec in records:
-                topics = json.dumps(list(rec.get("topics") or []), ensure_ascii=False)
-                existing = conn.execute("SELECT id, status FROM subscribers WHERE email = ?",
-                                        (rec["email"],)).fetchone()
-                status = rec.get("status") or (existing["status"] if existing else "pending")
-                suppressed = existing["status"] in SUPPRESSED if existing else bool(conn.execute(
-                    "SELECT 1 FROM suppressions WHERE email_hash = ?",
-                    (self.suppression_hash(rec["email"]),)).fetchone())
-                if suppressed and status not in SUPPRESSED:
-                    status = existing["status"] if existing else "unsubscribed"
-                    counts["kept_suppressed"] += 1
-                if existing is None:
-                    conn.execute("""INSERT INTO subscribers (email, name, segment, cadence, topics, status,
-                                    created_at, updated_at, confirmed_at, unsubscribed_at)
-                                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                                 (rec["email"], rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly",
-                                  topics, status, now, now, now if status == "active" else None,
-                                  now if status in SUPPRESSED else None))
-                    counts["added"] += 1
-                else:
-                    conn.execute(f"""UPDATE subscribers SET {AUDIENCE_CHANGED}, name = ?, segment = ?, cadence = ?,
-                                    topics = ?, status = ?, updated_at = ?,
-                                    confirmed_at = COALESCE(confirmed_at, CASE WHEN ? = 'active' THEN ? END),
-                                    unsubscribed_at = CASE WHEN ? IN ('unsubscribed','bounced','complained')
-                                                      THEN COALESCE(unsubscribed_at, ?) END
-                                    WHERE id = ?""",
-                                 (rec["segment"], rec.get("cadence") or "weekly", now,
-                                  rec.get("name") or "", rec["segment"], rec.get("cadence") or "weekly", topics,
-                                  status, now, status, now, status, now, existing["id"]))
-                    counts["updated"] += 1
+            writer = Writer(conn, now_iso(), self.suppression_hash)
+            for rows in chunks(records, chunk, consent):
+                for key, value in writer.write(rows).counts.items():
+                    counts[key] += value
+        if not consent:
+            del counts["consents"]
         return counts
 
     def bulk_add_subscribers(self, rows: Iterable[tuple[str, str, str, str, str]], chunk: int = 10_000) -> int:
