@@ -24,6 +24,7 @@ LAYERS = [
     {"store", "sources", "select"},
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
+    {"workers"},
     {"digest"},
     {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention"},
     {"bootstrap", "bench", "bench_floor", "bench_search", "bench_sinks", "bench_postfix"},

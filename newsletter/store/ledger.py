@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator, Sequence
 from ..model import DELIVERY_STATUSES, OPEN_DELIVERY
 from .connection import Tables, conditions, now_iso
 
+LAST_ID = 2 ** 63 - 1  # SQLite's largest rowid
+
 
 class Ledger(Tables):
     def plan_deliveries(self, issue_id: int) -> int:
@@ -63,14 +65,16 @@ class Ledger(Tables):
                 conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
 
-    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[tuple]]:
+    def pending_batches(self, issue_id: int, size: int,
+                        id_range: tuple[int, int] | None = None) -> Iterator[list[tuple]]:
         """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
 
         Each row a plain tuple (delivery_id, subscriber_id, email, name, topics, status, consented): this runs
         once per recipient. The unary `+` keeps SQLite on the rowid range (an issue's rows are
-        contiguous by id) instead of re-reading the issue's whole index per page.
+        contiguous by id) instead of re-reading the issue's whole index per page. With `id_range`
+        (first, last delivery id, both included) only that part of the issue: a worker's share.
         """
-        after = 0
+        after, last = (id_range[0] - 1, id_range[1]) if id_range else (0, LAST_ID)
         cursor = self.conn.cursor()
         cursor.row_factory = None
         while True:
@@ -78,12 +82,29 @@ class Ledger(Tables):
                 SELECT d.id, d.subscriber_id, s.email, s.name, s.topics, s.status,
                        EXISTS (SELECT 1 FROM consent_records c WHERE c.subscriber_id = d.subscriber_id)
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
-                WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ?
-                ORDER BY d.id LIMIT ?""", (issue_id, after, size)).fetchall()
+                WHERE +d.issue_id = ? AND +d.status = 'pending' AND d.id > ? AND d.id <= ?
+                ORDER BY d.id LIMIT ?""", (issue_id, after, last, size)).fetchall()
             if not rows:
                 return
             after = rows[-1][0]
             yield rows
+
+    def pending_ranges(self, issue_id: int, parts: int) -> list[tuple[int, int]]:
+        """The issue's pending deliveries cut into at most `parts` runs of adjacent ids with about as many
+        rows each, as (first id, last id): what `digest run --workers` hands each worker."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        low, high = cursor.execute("SELECT MIN(id), MAX(id) FROM deliveries WHERE issue_id = ?", (issue_id,)).fetchone()
+        if low is None:
+            return []
+        span = "FROM deliveries WHERE id BETWEEN ? AND ? AND +issue_id = ? AND +status = 'pending'"
+        count, first, last = cursor.execute(f"SELECT COUNT(*), MIN(id), MAX(id) {span}",
+                                            (low, high, issue_id)).fetchone()
+        parts = max(1, min(parts, count))
+        starts = [first] + [cursor.execute(f"SELECT id {span} ORDER BY id LIMIT 1 OFFSET ?",
+                                           (low, high, issue_id, count * k // parts)).fetchone()[0]
+                            for k in range(1, parts)] if count else []
+        return [(start, (starts[k + 1] - 1) if k + 1 < len(starts) else last) for k, start in enumerate(starts)]
 
     def mark_deliveries(self, ids: Sequence[int], status: str, *, provider_id: str | None = None,
                         error: str | None = None, expect: str | None = None) -> int:

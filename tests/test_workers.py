@@ -1,0 +1,121 @@
+"""`digest run --workers N`: worker processes split each issue by id range on one ledger, as one process would.
+
+Real parts only: the CLI in this process starting real worker processes, a real SQLite file shared by
+them, the Maildir messenger and aiosmtpd. Killing workers and the parent is in test_crash.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+
+from newsletter import bench, bootstrap
+from newsletter.cli import cli
+from newsletter.sources.summaries import read_sources
+from tests.conftest import SAMPLE_NOW, read_maildir
+from tests.fixtures_servers import free_port
+
+SEGMENTS = ("patients", "caregivers", "clinicians")
+AUDIENCE = 300
+
+
+def fill(ctx, count: int = AUDIENCE) -> None:
+    """The bundled summaries and `count` readers over the segments with the benchmark's topic choices, one in
+    ten monthly (not in a weekly issue); one in seven without a consent record (smtp skips them)."""
+    ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
+    readers = [{"email": f"reader{i:04d}@example.org", "name": f"Reader {i}", "segment": SEGMENTS[i % 3],
+                "cadence": "monthly" if i % 10 == 9 else "weekly", "status": "active",
+                "topics": bench.TOPIC_SETS[i % len(bench.TOPIC_SETS)]} for i in range(count)]
+    ctx.store.upsert_subscribers_with_consent([{**r, "consent": {"method": "import", "basis": "test"}}
+                                               for i, r in enumerate(readers) if i % 7])
+    ctx.store.upsert_subscribers([r for i, r in enumerate(readers) if not i % 7])
+
+
+def digest_run(runner, ctx, *extra: str):
+    return runner.invoke(cli, ["--config", str(ctx.config.source), "digest", "run", "--now", SAMPLE_NOW.isoformat(),
+                               *extra], catch_exceptions=False)
+
+
+def test_workers_zero_or_negative_are_refused_with_a_clear_error(site, runner):
+    for value in ("0", "-1", "two"):
+        result = runner.invoke(cli, ["--config", str(site.config.source), "digest", "run", "--workers", value])
+        assert result.exit_code == 2
+        assert "Invalid value for '--workers'" in result.output and value in result.output
+        result = runner.invoke(cli, ["bench", "--workers", value])
+        assert result.exit_code == 2 and "Invalid value for '--workers'" in result.output
+    assert site.store.delivery_counts() == {} and site.store.issues() == []
+
+
+def test_two_workers_to_maildir_send_everyone_once_and_count_as_one_process_does(make_site, runner):
+    one, two = make_site("one"), make_site("two")
+    fill(one)
+    fill(two)
+    first = digest_run(runner, one)
+    second = digest_run(runner, two, "--workers", "2")
+    assert first.exit_code == second.exit_code == 0, (first.output, second.output)
+    last = second.output.strip().splitlines()[-1]
+    assert last == first.output.strip().splitlines()[-1]
+    assert re.fullmatch(r"sent \d+, failed 0, unknown 0, deferred 0, skipped \d+", last)
+    assert one.store.delivery_counts() == two.store.delivery_counts() == {
+        "sent": sum(1 for i in range(AUDIENCE) if i % 10 != 9)}
+
+    def received(ctx):
+        return Counter(str(m["To"]).rsplit("<", 1)[-1].rstrip(">") for m in read_maildir(ctx.config.outbox))
+
+    got = received(two)
+    assert got == received(one)
+    assert set(got.values()) == {1}
+    sent = {r["email"] for r in two.store.deliveries(status="sent")}
+    assert set(got) == sent
+    assert {i["status"] for i in two.store.issues()} == {"sent"}
+    # each issue really was split: its first half went out through one worker process, the rest through
+    # another (a Maildir key names the process that wrote it: "<time>.M<usec>P<pid>Q<n>.<host>")
+    for issue in two.store.issues():
+        rows = two.store.deliveries(issue_id=issue["id"])
+        half = len(rows) // 2
+        pids = [{re.search(r"P(\d+)Q", r["provider_id"])[1] for r in part if r["status"] == "sent"}
+                for part in (rows[:half], rows[half:])]
+        assert all(len(p) == 1 for p in pids) and pids[0] != pids[1] and str(os.getpid()) not in pids[0] | pids[1]
+
+
+def test_two_workers_to_aiosmtpd_send_everyone_once_over_a_connection_each(make_site, smtp_server, runner):
+    settings = dict(backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port,
+                    smtp_security="none", smtp_batch_size=10)
+    one, two = make_site("one", **settings), make_site("two", **settings)
+    fill(one)
+    fill(two)
+    first = digest_run(runner, one)
+    assert first.exit_code == 0, first.output
+    before, connections = smtp_server.count(), smtp_server.connections
+    second = digest_run(runner, two, "--workers", "2")
+    assert second.exit_code == 0, second.output
+    assert second.output.strip().splitlines()[-1] == first.output.strip().splitlines()[-1]
+    by_one = Counter(r for m in smtp_server.messages[:before] for r in m.rcpt_tos)
+    by_two = Counter(r for m in smtp_server.messages[before:] for r in m.rcpt_tos)
+    assert by_two == by_one and set(by_two.values()) == {1}
+    assert set(by_two) == {r["email"] for r in two.store.deliveries(status="sent")}
+    assert smtp_server.connections - connections >= 2  # each worker its own connection
+    counts = two.store.delivery_counts()
+    assert counts == one.store.delivery_counts() and counts["skipped"]  # no consent record: skipped by the workers
+
+
+def test_with_workers_the_breaker_stops_the_run_and_defers_the_rest_as_one_process_does(make_site, runner):
+    port = free_port()  # nothing listens there
+    settings = dict(backend="smtp", legacy_consent=True, smtp_host="127.0.0.1", smtp_port=port,
+                    smtp_security="none", smtp_batch_size=5)
+    ctx = make_site(**settings)
+    ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
+    ctx.store.upsert_subscribers([{"email": f"r{i:03d}@example.org", "segment": "patients", "cadence": "weekly",
+                                   "status": "active"} for i in range(60)])
+    result = digest_run(runner, ctx, "--workers", "2")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-2:] == [
+        f"relay unreachable: smtp: 127.0.0.1:{port}: cannot connect: [Errno 111] Connection refused (after 3 "
+        "attempts); 60 deferred, will retry", "sent 0, failed 0, unknown 0, deferred 60, skipped 0"]
+    assert ctx.store.delivery_counts() == {"deferred": 60}
+    tried = [r for r in ctx.store.deliveries() if r["attempts"]]
+    assert 3 <= len(tried) <= 2 * 3  # each worker tried a few batches' first message at most
+    # the cron line within the first delay tries nobody
+    again = digest_run(runner, ctx, "--send-only", "--workers", "2")
+    assert again.exit_code == 0 and "sent 0, failed 0, unknown 0, deferred 0" in again.output
