@@ -216,11 +216,13 @@ class WorkerPool:
                 failure = self._death(worker)
                 break
             busy.append(worker)
-        stopping = bool(failure)
+        stopping, told = bool(failure), set()
         while busy:
             if stopping:
                 for worker in busy:
-                    worker.tell("stop")
+                    if worker.number not in told:
+                        told.add(worker.number)
+                        worker.tell("stop")
             ready = wait([w.conn for w in busy])
             for worker in [w for w in busy if w.conn in ready]:
                 outcome = self._read(worker, tally)
@@ -250,6 +252,13 @@ class WorkerPool:
         return None
 
     def _death(self, worker: _Worker) -> str:
+        try:  # it may have said why before it went
+            while worker.conn.poll():
+                kind, value = worker.conn.recv()
+                if kind == "failed":
+                    return f"{self.describe(worker)}: {value}"
+        except (EOFError, OSError):
+            pass
         try:
             code: int | None = worker.process.wait(10)
         except subprocess.TimeoutExpired:

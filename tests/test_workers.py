@@ -10,10 +10,13 @@ import os
 import re
 from collections import Counter
 
+import pytest
+from hypothesis import given, strategies as st
+
 from newsletter import bench, bootstrap
 from newsletter.cli import cli
 from newsletter.sources.summaries import read_sources
-from tests.conftest import SAMPLE_NOW, read_maildir
+from tests.conftest import POSTAL, SAMPLE_NOW, SECRET, read_maildir
 from tests.fixtures_servers import free_port
 
 SEGMENTS = ("patients", "caregivers", "clinicians")
@@ -35,6 +38,43 @@ def fill(ctx, count: int = AUDIENCE) -> None:
 def digest_run(runner, ctx, *extra: str):
     return runner.invoke(cli, ["--config", str(ctx.config.source), "digest", "run", "--now", SAMPLE_NOW.isoformat(),
                                *extra], catch_exceptions=False)
+
+
+@given(done=st.lists(st.sampled_from(["pending", "sent", "skipped", "deferred"]), min_size=60, max_size=60),
+       parts=st.integers(min_value=1, max_value=5))
+def test_pending_ranges_cover_each_pending_delivery_once_in_runs_of_about_equal_size(ledger_site, done, parts):
+    """Whatever rows are still pending, the ranges hold each once, in order, sizes within one of each other;
+    pending_batches over a range yields exactly the pending rows in it."""
+    store, issue_id, ids = ledger_site
+    for status in ("pending", "sent", "skipped", "deferred"):
+        store.mark_deliveries([i for i, s in zip(ids, done) if s == status], status)
+    pending = [i for i, s in zip(ids, done) if s == "pending"]
+    ranges = store.pending_ranges(issue_id, parts)
+    assert len(ranges) == min(parts, len(pending))
+    assert all(a <= b < c for (a, b), (c, _) in zip(ranges, ranges[1:]))
+    shares = [[i for i in pending if first <= i <= last] for first, last in ranges]
+    assert sum(shares, []) == pending
+    assert not shares or max(map(len, shares)) - min(map(len, shares)) <= 1
+    for (first, last), share in zip(ranges, shares):
+        assert [row[0] for rows in store.pending_batches(issue_id, 7, (first, last)) for row in rows] == share
+
+
+@pytest.fixture(scope="module")
+def ledger_site(tmp_path_factory):
+    """One issue of 60 planned deliveries; each example sets their statuses afresh."""
+    from newsletter.context import Context
+    from newsletter.settings import load_config
+    result = bootstrap.init(tmp_path_factory.mktemp("ledger") / "site",
+                            {"postal_address": POSTAL, "require_approval": "no", "site_url": "https://d.example.org"},
+                            env={"NEWSLETTER_SECRET": SECRET})
+    ctx = Context(load_config(result.config_path, env={"NEWSLETTER_SECRET": SECRET}))
+    ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
+    ctx.store.upsert_subscribers([{"email": f"r{i:03d}@example.org", "segment": "patients", "cadence": "weekly",
+                                   "status": "active"} for i in range(60)])
+    issue_id, _ = ctx.store.create_issue("patients", "weekly", "2026-W47", [1], "approved")
+    ctx.store.plan_deliveries(issue_id)
+    yield ctx.store, issue_id, [r["id"] for r in ctx.store.deliveries(issue_id=issue_id)]
+    ctx.close()
 
 
 def test_workers_zero_or_negative_are_refused_with_a_clear_error(site, runner):
@@ -119,3 +159,26 @@ def test_with_workers_the_breaker_stops_the_run_and_defers_the_rest_as_one_proce
     # the cron line within the first delay tries nobody
     again = digest_run(runner, ctx, "--send-only", "--workers", "2")
     assert again.exit_code == 0 and "sent 0, failed 0, unknown 0, deferred 0" in again.output
+
+
+def test_with_workers_a_5xx_to_the_sender_stops_the_run_with_one_line_and_loses_nobody(make_site, runner):
+    from tests.test_smtp_deferred import FaultySink, start
+
+    sink = FaultySink()
+    sink.refuse_sender = True
+    controller = start(sink)
+    try:
+        ctx = make_site(backend="smtp", legacy_consent=True, smtp_host="127.0.0.1", smtp_port=sink.port,
+                        smtp_security="none", smtp_batch_size=5)
+        ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
+        ctx.store.upsert_subscribers([{"email": f"r{i:03d}@example.org", "segment": "patients", "cadence": "weekly",
+                                       "status": "active"} for i in range(20)])
+        result = digest_run(runner, ctx, "--workers", "2")
+    finally:
+        controller.stop()
+    assert result.exit_code == 1
+    assert re.fullmatch(
+        rf"Error: worker [12] of 2 \(issue 1, deliveries \d+-\d+\): smtp: 127.0.0.1:{sink.port} refuses mail from "
+        r"digest@example.org: 553 5.7.1 Sender address rejected: not owned by user \(check sender_email and what "
+        r"the relay lets it send\)", result.output.strip().splitlines()[-1]), result.output
+    assert ctx.store.delivery_counts() == {"pending": 20}  # each refused batch went back to pending
