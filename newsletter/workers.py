@@ -121,9 +121,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def worker_main(fd: int, parent_pid: int) -> None:
-    """A worker process. In: ("start", config, share, messenger_factory), then ("range", issue_id, first, last)
-    each, ("stop",) and ("quit",). Out: ("progress", n), ("done", Tally) per range, ("failed", line), and at
-    the end ("stats", WorkerStats)."""
+    """A worker process. In: ("start", config, share, messenger_factory, progress), then ("range", issue_id,
+    first, last) each, ("stop",) and ("quit",). Out: ("progress", n) per batch when asked for, ("done", Tally)
+    per range, ("failed", line), and at the end ("stats", WorkerStats)."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it asks its workers to stop
     conn = Connection(fd)
@@ -138,10 +138,10 @@ def worker_main(fd: int, parent_pid: int) -> None:
             inbox.append(message)
         return stopped
 
-    _, config, share, messenger_factory = conn.recv()
+    _, config, share, messenger_factory, progress = conn.recv()
     try:
-        worker = RangeWorker(config, share, messenger_factory, on_progress=lambda n: conn.send(("progress", n)),
-                             should_stop=should_stop)
+        worker = RangeWorker(config, share, messenger_factory, should_stop=should_stop,
+                             on_progress=(lambda n: conn.send(("progress", n))) if progress else None)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as its one line
         conn.send(("failed", one_line(exc)))
         sys.exit(1)
@@ -196,7 +196,8 @@ class WorkerPool:
                 child_end.close()
                 worker = _Worker(number, process, parent_end)
                 self.workers.append(worker)
-                parent_end.send(("start", config, count, messenger_factory))
+                # progress only for a progress bar: each message wakes the parent, a cost on a busy machine
+                parent_end.send(("start", config, count, messenger_factory, on_progress is not None))
         except BaseException:
             self.close()
             raise

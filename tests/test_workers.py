@@ -182,3 +182,17 @@ def test_with_workers_a_5xx_to_the_sender_stops_the_run_with_one_line_and_loses_
         r"digest@example.org: 553 5.7.1 Sender address rejected: not owned by user \(check sender_email and what "
         r"the relay lets it send\)", result.output.strip().splitlines()[-1]), result.output
     assert ctx.store.delivery_counts() == {"pending": 20}  # each refused batch went back to pending
+
+
+def test_with_workers_the_progress_bar_hears_every_delivery_of_every_issue(make_site):
+    from newsletter.digest import DigestRunner
+
+    ctx = make_site()
+    fill(ctx, 120)
+    started, progress = [], []
+    report = DigestRunner(ctx.config, ctx.store, ctx.segments, workers=2, on_progress=progress.append,
+                          on_issue=lambda issue_id, pending: started.append((issue_id, pending))).run("weekly", SAMPLE_NOW)
+    assert not report.failure and report.tally.sent == 108
+    assert sorted(started) == [(i["id"], len(ctx.store.deliveries(issue_id=i["id"]))) for i in ctx.store.issues()]
+    assert sum(progress) == 108
+    assert len(report.worker_stats) == 2 and all(s.peak_rss_mb > 0 and s.mjml_compiles for s in report.worker_stats)
