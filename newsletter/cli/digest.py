@@ -59,7 +59,7 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
     marks what the dead worker had claimed unknown and sends the rest.
 
     \b
-    Example (cron, Monday 07:00; and every ten minutes):
+    Examples (cron, Monday 07:00, and every ten minutes; two worker processes):
         newsletter --config /srv/newsletter/newsletter.toml digest run --cadence weekly
         newsletter --config /srv/newsletter/newsletter.toml digest run --send-only
         newsletter digest run --cadence weekly --workers 2
