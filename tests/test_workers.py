@@ -196,3 +196,28 @@ def test_with_workers_the_progress_bar_hears_every_delivery_of_every_issue(make_
     assert sorted(started) == [(i["id"], len(ctx.store.deliveries(issue_id=i["id"]))) for i in ctx.store.issues()]
     assert sum(progress) == 108
     assert len(report.worker_stats) == 2 and all(s.peak_rss_mb > 0 and s.mjml_compiles for s in report.worker_stats)
+
+
+def test_with_workers_refused_and_greylisted_readers_end_failed_and_deferred_as_with_one_process(make_site, runner):
+    from tests.test_smtp_deferred import FaultySink, start
+
+    sink = FaultySink()
+    controller = start(sink)
+    try:
+        settings = dict(backend="smtp", legacy_consent=True, smtp_host="127.0.0.1", smtp_port=sink.port,
+                        smtp_security="none", smtp_batch_size=10)
+        one, two = make_site("one", **settings), make_site("two", **settings)
+        fill(one, 120)
+        fill(two, 120)
+        sink.refuse_rcpt = {f"reader{i:04d}@example.org" for i in range(0, 120, 11)}      # 550: failed
+        sink.say_451_at_rcpt = {f"reader{i:04d}@example.org" for i in range(5, 120, 13)}  # 451: deferred
+        first = digest_run(runner, one)
+        second = digest_run(runner, two, "--workers", "2")
+    finally:
+        controller.stop()
+    assert first.exit_code == second.exit_code == 1  # failed ones need attention
+    assert first.output.strip().splitlines()[-1] == second.output.strip().splitlines()[-1]
+    assert one.store.delivery_counts() == two.store.delivery_counts()
+    assert {"failed", "deferred", "sent"} <= set(two.store.delivery_counts())
+    assert ({(r["email"], r["status"], r["attempts"]) for r in one.store.deliveries()}
+            == {(r["email"], r["status"], r["attempts"]) for r in two.store.deliveries()})
