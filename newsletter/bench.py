@@ -1,13 +1,16 @@
 """`newsletter bench`: the whole weekly digest at scale, measured.
 
-Each (size, messenger) case runs in a fresh child process, so its peak RSS is
+Each (size, messenger, workers) case runs in a fresh child process, so its peak RSS is
 its own. A case: generate N subscribers across segments, cadences and topics
 in a scratch SQLite file, add 10 recent summaries, then time one
 `DigestRunner.run("weekly")` (select, render, personalise, ledger, dispatch).
+With workers, that run starts its worker processes (workers.py) and its wall time
+includes them; each worker reports its own peak RSS, CPU, compiles and messenger counts.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -33,6 +36,7 @@ from .model import Sender
 from .sources.summaries import read_sources
 from .settings import load_config
 from .tokens import Tokens
+from .workers import messenger_figures
 
 MESSENGERS = ("counting", "json", "sendgrid", "floor", "smtp", "smtp-pool")
 SMTP_POOL = 4  # connections of the smtp-pool case
@@ -80,14 +84,33 @@ class Result:
     server: str = ""  # for the smtp cases: which server, over which security
     floor_s: float | None = None  # the json case: the least cost of the same bodies (bench_floor)
     ledger_bytes_per_recipient: float = 0.0  # the ledger's tables and indexes on disk, per planned row
+    workers: int = 1
+    worker_peak_rss_mb: list[float] | None = None  # each worker process's own (peak_rss_mb: the parent's)
 
 
 SMTP_SERVERS = ("aiosmtpd", "sink", "postfix")
 SMTP_SECURITY = ("none", "starttls")
 
 
+def make_messenger(name: str, sender: Sender, port: int = 0, options: dict[str, Any] | None = None) -> Any:
+    """A case's messenger; at module level, so that each worker process can build its own."""
+    if name == "counting":
+        return CountingMessenger()
+    if name == "json":
+        return FloorMessenger(sender)
+    if name == "sendgrid":
+        from .messengers.sendgrid import SendGridMessenger
+        return SendGridMessenger("SG.bench", sender, host=f"http://127.0.0.1:{port}", timeout=30)
+    from .messengers.smtp import SmtpMessenger, SmtpPool
+    if name == "smtp":
+        return SmtpMessenger("127.0.0.1", port, sender, **(options or {}))
+    return SmtpPool(SMTP_POOL, "127.0.0.1", port, sender, **(options or {}))
+
+
 def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aiosmtpd",
-             smtp_security: str = "none") -> Result:
+             smtp_security: str = "none", workers: int = 1) -> Result:
+    if messenger_name not in MESSENGERS:
+        raise ValueError(f"messenger: unknown {messenger_name!r} (use {', '.join(MESSENGERS)})")
     started_setup = time.perf_counter()
     settings = {"postal_address": "Bench, 1 Example Street", "require_approval": "no",
                 "site_url": "https://digest.example.org"}
@@ -97,20 +120,10 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
     ctx.store.bulk_add_subscribers(subscriber_rows(n))
     ctx.store.upsert_summaries(recent_summaries())
     sender = Sender("digest@example.org", "MS Research Digest", site_url=ctx.config.site_url)
-    sink, relay, server = None, None, ""
-    if messenger_name == "counting":
-        messenger: Any = CountingMessenger()
-    elif messenger_name == "json":
-        messenger = FloorMessenger(sender)
-    elif messenger_name == "floor":  # not a messenger: the whole run's floor (bench_run_floor)
+    sink, relay, server, port, options = None, None, "", 0, None
+    if messenger_name in ("sendgrid", "floor"):  # floor: the whole run's floor (bench_run_floor), not a messenger
         sink, port = start_sink("sendgrid")
-        messenger = None
-    elif messenger_name == "sendgrid":
-        from .messengers.sendgrid import SendGridMessenger
-        sink, port = start_sink("sendgrid")
-        messenger = SendGridMessenger("SG.bench", sender, host=f"http://127.0.0.1:{port}", timeout=30)
     elif messenger_name in ("smtp", "smtp-pool"):
-        from .messengers.smtp import SmtpMessenger, SmtpPool
         if smtp_server == "postfix":  # Postfix requires STARTTLS
             smtp_security = "starttls"
             relay = PostfixSink()
@@ -122,52 +135,58 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
             sink, port = start_sink("smtp-reader" if smtp_server == "sink" else "smtp", cert, key)
             ca_file = cert
         options = dict(security=smtp_security, batch_size=100, ca_file=str(ca_file or ""))
-        if messenger_name == "smtp":
-            messenger = SmtpMessenger("127.0.0.1", port, sender, **options)
-        else:
-            messenger = SmtpPool(SMTP_POOL, "127.0.0.1", port, sender, **options)
         server = f"{smtp_server}, {smtp_security}"
-    else:
-        raise ValueError(f"messenger: unknown {messenger_name!r} (use {', '.join(MESSENGERS)})")
+    factory = functools.partial(make_messenger, messenger_name, sender, port, options)
+    # With workers, each builds its own from `factory`; the floor needs none.
+    messenger = factory() if workers == 1 and messenger_name != "floor" else None
     setup_s = time.perf_counter() - started_setup
-    runner = DigestRunner(ctx.config, ctx.store, ctx.segments, messenger_factory=lambda: messenger,
-                          tokens=Tokens("bench-secret"))
+    runner = DigestRunner(ctx.config, ctx.store, ctx.segments, tokens=Tokens("bench-secret"), workers=workers,
+                          messenger_factory=(lambda: messenger) if messenger else factory)
     ledger_before = ctx.store.write_seconds
     cpu_before = _cpu()
     started = time.perf_counter()
     try:
         if messenger_name == "floor":
             floor = run_floor(runner, "weekly", NOW, sender, port)
-            report = None
         else:
             report = runner.run("weekly", NOW)
     finally:
         wall = time.perf_counter() - started
         cpu = _cpu() - cpu_before
-        sink_recipients = None
+        sink_recipients = None  # the counting messenger is its own sink: set below
         if sink:
             sink_recipients = _sink_count(messenger_name, smtp_server, port)
             sink.kill()
             sink.wait()
         if relay:
             relay.stop()
-    stats = runner.renderer.stats
-    sent = floor["recipients"] if report is None else report.tally.sent
-    ledger_s = floor["ledger_s"] if report is None else ctx.store.write_seconds - ledger_before
+    if messenger_name == "floor":
+        return floor_result(n, runner, floor, wall, cpu, setup_s, sink_recipients)
+    if report.failure:
+        raise RuntimeError(report.failure)
+    stats, own = report.worker_stats, runner.renderer.stats
+    figures: dict[str, float] = {}
+    for counted in [s.messenger_figures for s in stats] or [messenger_figures(messenger)]:
+        for key, value in counted.items():
+            figures[key] = figures.get(key, 0) + value
     return Result(
-        subscribers=n, messenger=messenger_name, recipients=sent, wall_s=round(wall, 3),
-        cpu_s=round(cpu, 3), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        recipients_per_s=round(sent / wall) if wall else 0,
-        mjml_compiles=stats.counts["mjml"], premailer_compiles=stats.counts["premailer"],
-        render_s=round(sum(stats.seconds.values()), 3),
-        ledger_write_s=round(ledger_s, 3),
-        requests=floor["requests"] if report is None else getattr(messenger, "requests", 0),
-        json_encode_s=round(messenger.encode_seconds, 3) if messenger_name == "json" else None,
-        messenger_s=0.0 if report is None else round(report.messenger_seconds, 3),
-        setup_s=round(setup_s, 2), sink_recipients=sink_recipients, server=server,
-        floor_s=round(messenger.floor_seconds, 3) if messenger_name == "json" else None,
+        subscribers=n, messenger=messenger_name, recipients=report.tally.sent, wall_s=round(wall, 3),
+        cpu_s=round(cpu + sum(s.cpu_s for s in stats), 3),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        recipients_per_s=round(report.tally.sent / wall) if wall else 0,
+        mjml_compiles=own.counts["mjml"] + sum(s.mjml_compiles for s in stats),
+        premailer_compiles=own.counts["premailer"] + sum(s.premailer_compiles for s in stats),
+        render_s=round(sum(own.seconds.values()) + sum(s.render_s for s in stats), 3),
+        ledger_write_s=round(ctx.store.write_seconds - ledger_before + sum(s.ledger_write_s for s in stats), 3),
+        requests=int(figures.get("requests", 0)),
+        json_encode_s=round(figures["encode_seconds"], 3) if messenger_name == "json" else None,
+        messenger_s=round(report.messenger_seconds, 3),
+        setup_s=round(setup_s, 2), server=server,
+        sink_recipients=int(figures["recipients"]) if messenger_name == "counting" else sink_recipients,
+        floor_s=round(figures["floor_seconds"], 3) if messenger_name == "json" else None,
         ledger_bytes_per_recipient=round(ctx.store.ledger_bytes() / max(1, sum(ctx.store.delivery_counts().values())),
-                                         1))
+                                         1),
+        workers=workers, worker_peak_rss_mb=[s.peak_rss_mb for s in stats] if workers > 1 else None)
 
 
 def _sink_count(messenger_name: str, smtp_server: str, port: int) -> int | None:
@@ -180,28 +199,43 @@ def _sink_count(messenger_name: str, smtp_server: str, port: int) -> int | None:
     return None
 
 
+def floor_result(n: int, runner: DigestRunner, floor: dict[str, float], wall: float, cpu: float, setup_s: float,
+                 sink_recipients: int | None) -> Result:
+    stats, store = runner.renderer.stats, runner.store
+    return Result(
+        subscribers=n, messenger="floor", recipients=int(floor["recipients"]), wall_s=round(wall, 3),
+        cpu_s=round(cpu, 3), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        recipients_per_s=round(floor["recipients"] / wall) if wall else 0,
+        mjml_compiles=stats.counts["mjml"], premailer_compiles=stats.counts["premailer"],
+        render_s=round(sum(stats.seconds.values()), 3), ledger_write_s=round(floor["ledger_s"], 3),
+        requests=int(floor["requests"]), json_encode_s=None, messenger_s=0.0, setup_s=round(setup_s, 2),
+        sink_recipients=sink_recipients,
+        ledger_bytes_per_recipient=round(store.ledger_bytes() / max(1, sum(store.delivery_counts().values())), 1))
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def run_isolated(n: int, messenger_name: str, smtp_server: str = "aiosmtpd", smtp_security: str = "none") -> Result:
+def run_isolated(n: int, messenger_name: str, smtp_server: str = "aiosmtpd", smtp_security: str = "none",
+                 workers: int = 1) -> Result:
     """A case in a fresh interpreter, so peak RSS belongs to that case alone."""
     with tempfile.TemporaryDirectory(prefix="newsletter-bench-") as tmp:
         code = ("import json, sys, dataclasses; from pathlib import Path; from newsletter.bench import run_case; "
-                f"r = run_case({n}, {messenger_name!r}, Path({tmp!r}) / 'site', {smtp_server!r}, {smtp_security!r}); "
-                "print('RESULT ' + json.dumps(dataclasses.asdict(r)))")
+                f"r = run_case({n}, {messenger_name!r}, Path({tmp!r}) / 'site', {smtp_server!r}, {smtp_security!r}, "
+                f"{workers}); print('RESULT ' + json.dumps(dataclasses.asdict(r)))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"bench case {n} {messenger_name} failed:\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"bench case {n} {messenger_name} (workers {workers}) failed:\n{proc.stderr[-2000:]}")
         return Result(**json.loads(lines[-1][len("RESULT "):]))
 
 
-def cases(sizes: Sequence[int], messengers: Sequence[str]) -> list[tuple[int, str]]:
-    """(size, messenger) pairs to run: every messenger by default, the smtp ones only up to SMTP_LIMIT."""
+def cases(sizes: Sequence[int], messengers: Sequence[str], workers: Sequence[int] = (1,)) -> list[tuple[int, str, int]]:
+    """(size, messenger, workers) to run: every messenger by default, the smtp ones only up to SMTP_LIMIT."""
     chosen = messengers or MESSENGERS
-    return [(n, name) for n in sizes for name in chosen
+    return [(n, name, w) for n in sizes for name in chosen for w in workers
             if messengers or not (name.startswith("smtp") and n > SMTP_LIMIT)]
 
 

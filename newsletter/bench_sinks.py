@@ -21,19 +21,24 @@ TO_RE = re.compile(rb'"to":\s*\[')
 
 class _SinkHandler(BaseHTTPRequestHandler):
     counts = {"requests": 0, "recipients": 0}
+    lock = threading.Lock()  # one thread per connection: several workers post at once
     protocol_version = "HTTP/1.1"  # keep-alive, as SendGrid's API
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.counts["requests"] += 1
-        self.counts["recipients"] += len(TO_RE.findall(body))
+        recipients = len(TO_RE.findall(body))
+        with self.lock:
+            self.counts["requests"] += 1
+            self.counts["recipients"] += recipients
+            number = self.counts["requests"]
         self.send_response(202)
-        self.send_header("X-Message-Id", f"sink-{self.counts['requests']}")
+        self.send_header("X-Message-Id", f"sink-{number}")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802
-        data = json.dumps(self.counts).encode()
+        with self.lock:
+            data = json.dumps(self.counts).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -25,6 +25,7 @@ from .segments import Segment
 from .select import local_today, period_for, select_summaries
 from .store import Store, due, may_send, reading_hold
 from .tokens import Tokens
+from .workers import WorkerFailed, WorkerPool, WorkerStats
 
 log = logging.getLogger("newsletter.digest")
 
@@ -69,6 +70,8 @@ class RunReport:
     messenger_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # approved issues kept back (enforce_reading_grade): a failure
+    failure: str = ""  # a worker died or failed: the run's one line (it exits non-zero)
+    worker_stats: list[WorkerStats] = field(default_factory=list)  # each worker process's own figures
 
 
 class DigestRunner:
@@ -76,9 +79,18 @@ class DigestRunner:
                  renderer: Renderer | None = None, messenger_factory: Callable[[], Messenger] | None = None,
                  tokens: Tokens | None = None, on_progress: Callable[[int], None] | None = None,
                  on_issue: Callable[[int, int], None] | None = None,
-                 on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None, actor: str | None = None):
+                 on_drafts: Callable[[list[dict[str, Any]]], Any] | None = None, actor: str | None = None,
+                 workers: int = 1):
+        """With `workers` > 1 each issue's pending deliveries are split by id range over that many worker
+        processes (workers.py); they render with the config's templates and build their messenger from the
+        config, or call `messenger_factory`, which must then be picklable (a module-level function or a
+        functools.partial of one)."""
+        if workers < 1:
+            raise ValueError(f"workers: {workers}: at least 1")
         self.config, self.store, self.segments = config, store, segments
+        self.workers = workers
         self.renderer = renderer or Renderer.from_config(config)
+        self.worker_messenger = messenger_factory
         self.messenger_factory = messenger_factory or (lambda: messenger_from_config(config))
         self.tokens = tokens
         self.on_progress = on_progress
@@ -163,15 +175,32 @@ class DigestRunner:
         if not issues:
             return
         tokens = self.tokens or Tokens(self.config.require_secret())
-        messenger = self.messenger_factory()
-        dispatcher = Dispatcher(self.store, messenger, tokens, self.config.site_url,
+        pool: WorkerPool | None = None
+        messenger = None if self.workers > 1 else self.messenger_factory()  # workers have their own
+        dispatcher = Dispatcher(self.store, messenger, tokens, self.config.site_url,  # type: ignore[arg-type]
                                 rate_limit=self.config.rate_limit, on_progress=self.on_progress,
                                 on_start=self.on_issue, retry_deferred_days=self.config.retry_deferred_days,
                                 require_consent=requires_consent(self.config))
         try:
             for issue in issues:
-                tally = dispatcher.send_issue(issue["id"], self.variant_renderer(issue), retry_unknown=retry_unknown,
-                                              retry_failed=retry_failed, failed_matching=failed_matching)
+                if self.workers > 1 and pool is None and issue["status"] == "approved":
+                    pool = self._pool()  # about to be planned: the workers start while the plan is written
+                tally = dispatcher.prepare_issue(issue["id"], retry_unknown=retry_unknown, retry_failed=retry_failed,
+                                                 failed_matching=failed_matching)
+                if self.workers > 1:
+                    ranges = self.store.pending_ranges(issue["id"], self.workers)
+                    if ranges and pool is None:
+                        pool = self._pool()
+                    try:
+                        if ranges:
+                            pool.run_issue(issue["id"], ranges, tally)  # type: ignore[union-attr]
+                    except WorkerFailed as exc:
+                        report.tally.add(tally)
+                        report.failure = str(exc)
+                        break
+                else:
+                    dispatcher.send_range(issue["id"], self.variant_renderer(issue), tally)
+                dispatcher.conclude_issue(issue["id"], tally)
                 report.tally.add(tally)
                 if self.actor:
                     counts = {k: getattr(tally, k) for k in ("sent", "failed", "unknown", "deferred", "skipped")}
@@ -180,8 +209,16 @@ class DigestRunner:
                 if tally.stopped:  # the breaker: the other issues go through the same relay
                     break
         finally:
-            report.messenger_seconds += dispatcher.send_seconds
-            messenger.close()
+            if pool is not None:
+                pool.close()
+                report.worker_stats += pool.stats
+                report.messenger_seconds += sum(s.messenger_s for s in pool.stats)
+            if messenger is not None:
+                report.messenger_seconds += dispatcher.send_seconds
+                messenger.close()
+
+    def _pool(self) -> WorkerPool:
+        return WorkerPool(self.config, self.workers, self.worker_messenger, self.on_progress)
 
     def run(self, cadence: str | None, now: datetime, *, send: bool = True, retry_unknown: bool = False,
             retry_failed: bool = False, failed_matching: str = "", segment: str | None = None,

@@ -54,6 +54,8 @@ class Tally:
     skipped: int = 0
     interrupted: int = 0
     stopped: str = ""  # the breaker's line, when it stopped the run
+    tripped: str = ""  # the breaker's last reason, from the pass that tripped it (the issue is concluded after)
+    halted: bool = False  # a pass that stopped before its next claim because it was asked to (another worker)
 
     def add(self, other: "Tally") -> None:
         for name in ("sent", "failed", "unknown", "deferred", "skipped", "interrupted"):
@@ -61,6 +63,8 @@ class Tally:
         self.errors.update(other.errors)
         self.deferrals.update(other.deferrals)
         self.stopped = self.stopped or other.stopped
+        self.tripped = self.tripped or other.tripped
+        self.halted = self.halted or other.halted
 
     @property
     def needs_attention(self) -> bool:
@@ -86,6 +90,10 @@ class _Tripped(Exception):
     """The breaker: BREAKER_AFTER transient failures in a row; carries the last reason."""
 
 
+class _Halted(Exception):
+    """`should_stop` said so: no further batch is claimed (what is buffered stays pending)."""
+
+
 class RateLimiter:
     """At most `rate` messages per second, across batches."""
 
@@ -108,8 +116,10 @@ class Dispatcher:
     def __init__(self, store: Ledger, messenger: Messenger, tokens: Tokens, site_url: str, *,
                  rate_limit: float = 0.0, on_progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int, int], None] | None = None, limiter: RateLimiter | None = None,
-                 retry_deferred_days: float = 3.0, require_consent: bool = False):
+                 retry_deferred_days: float = 3.0, require_consent: bool = False,
+                 should_stop: Callable[[], bool] | None = None):
         self.store, self.messenger, self.tokens = store, messenger, tokens
+        self.should_stop = should_stop or (lambda: False)  # checked before each page and each claim
         self.require_consent = require_consent  # the real backends send only to people with a consent record
         self.retry_for = retry_deferred_days * 86400
         self.transient_in_a_row = 0
@@ -119,7 +129,7 @@ class Dispatcher:
         self.limiter = limiter or RateLimiter(rate_limit)
         self.send_seconds = 0.0  # time inside the messenger (the benchmark reports it)
         self.on_progress = on_progress or (lambda n: None)
-        self.on_start = on_start or (lambda issue_id, pending: None)
+        self.on_start = on_start  # the progress bar's; the count it gets is a scan of the issue, made only for it
 
     def envelope(self, row: dict[str, Any]) -> Envelope:
         return self.make_envelope(row["delivery_id"], row["subscriber_id"], row["email"], row["name"] or "")
@@ -131,6 +141,17 @@ class Dispatcher:
 
     def send_issue(self, issue_id: int, variant_for: VariantFor, *, retry_unknown: bool = False,
                    retry_failed: bool = False, failed_matching: str = "") -> Tally:
+        """The whole issue in this process: prepare, send every pending delivery, conclude."""
+        tally = self.prepare_issue(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
+                                   failed_matching=failed_matching)
+        self.send_range(issue_id, variant_for, tally)
+        self.conclude_issue(issue_id, tally)
+        return tally
+
+    def prepare_issue(self, issue_id: int, *, retry_unknown: bool = False, retry_failed: bool = False,
+                      failed_matching: str = "") -> Tally:
+        """Before any batch, once per issue and run: what a dead run left in `sending` becomes unknown,
+        deferrals whose time has come are pending again (or failed when too old), and the plan is written."""
         tally = Tally()
         resolved = self.store.resolve_interrupted(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
                                                   failed_matching=failed_matching)
@@ -141,28 +162,46 @@ class Dispatcher:
             tally.errors[f"still deferred after {self.retry_for / 86400:g} days: failed (see `issues show`)"] += \
                 released["expired"]
         self.store.plan_deliveries(issue_id)
-        self.on_start(issue_id, self.store.delivery_counts(issue_id).get("pending", 0))
+        if self.on_start:
+            self.on_start(issue_id, self.store.delivery_counts(issue_id).get("pending", 0))
+        return tally
+
+    def send_range(self, issue_id: int, variant_for: VariantFor, tally: Tally,
+                   id_range: tuple[int, int] | None = None) -> None:
+        """Claim, send and record the issue's pending deliveries (only ids in `id_range`, first and last
+        included, when given: a worker's share), pass after pass until none is given back untried.
+        The breaker leaves its reason in `tally.tripped`; `should_stop` ends it before the next claim."""
         try:
             while True:
                 self.returned = 0
-                self._pass(issue_id, variant_for, tally)
+                self._pass(issue_id, variant_for, tally, id_range)
                 if not self.returned:  # what a messenger gave back untried is tried again (each pass defers some)
                     break
         except _Tripped as exc:
-            waiting = self.store.defer_pending(issue_id, str(exc), retry_delay(1))
+            tally.tripped = str(exc)
+        except _Halted:
+            tally.halted = True
+
+    def conclude_issue(self, issue_id: int, tally: Tally) -> None:
+        """After every pass (of every worker): a tripped breaker defers what is still pending; the issue is
+        sent once nothing of it is open."""
+        if tally.tripped:
+            waiting = self.store.defer_pending(issue_id, tally.tripped, retry_delay(1))
             tally.deferred += waiting
             total = self.store.delivery_counts(issue_id).get("deferred", 0)
-            tally.stopped = f"relay unreachable: {exc}; {total:,} deferred, will retry"
+            tally.stopped = f"relay unreachable: {tally.tripped}; {total:,} deferred, will retry"
         self.store.finish_issue_if_done(issue_id)
-        return tally
 
-    def _pass(self, issue_id: int, variant_for: VariantFor, tally: Tally) -> None:
+    def _pass(self, issue_id: int, variant_for: VariantFor, tally: Tally,
+              id_range: tuple[int, int] | None = None) -> None:
         """One pass over the issue's pending deliveries, in batches grouped by variant."""
         buffers: dict[int, tuple[Rendered, list[Envelope]]] = {}
         variants: dict[str, Rendered | None] = {}  # raw topics JSON -> variant: no JSON decode per row
         received = self.store.already_received(issue_id)  # only readers who changed audience: few
         size = self.messenger.batch_size
-        for rows in self.store.pending_batches(issue_id, size):
+        for rows in self.store.pending_batches(issue_id, size, id_range):
+            if self.should_stop():
+                raise _Halted()
             skipped_inactive, skipped_topics, skipped_consent = [], [], []
             for delivery_id, sid, email, name, raw_topics, status, consented in rows:
                 if status != "active":  # unsubscribed, bounced or removed since planning
@@ -197,6 +236,8 @@ class Dispatcher:
             self._flush(rendered, envelopes, tally)
 
     def _flush(self, rendered: Rendered, envelopes: list[Envelope], tally: Tally) -> None:
+        if self.should_stop():
+            raise _Halted()
         self.limiter.wait(len(envelopes))
         claimed = self.store.claim_for_sending([e.delivery_id for e in envelopes], uuid.uuid4().hex[:12])
         if len(claimed) < len(envelopes):

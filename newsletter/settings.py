@@ -117,6 +117,10 @@ class Config:
         except KeyError:
             raise AttributeError(name) from None
 
+    def __reduce__(self) -> tuple:
+        """Picklable (a worker process gets the resolved config): __getattr__ must not run before _values exists."""
+        return Config, (self._values, self.source, dict(self.env))
+
     def replace(self, **changes: Any) -> "Config":
         return Config({**self._values, **changes}, self.source, self.env)
 

@@ -121,6 +121,7 @@ class SmtpSink:
         msg.mail_from = envelope.mail_from
         msg.rcpt_tos = list(envelope.rcpt_tos)
         msg.raw = raw
+        msg.peer = session.peer  # (host, port) of the client: which process sent it
         with self.cond:
             self.messages.append(msg)
             self.cond.notify_all()

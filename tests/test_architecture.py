@@ -24,6 +24,7 @@ LAYERS = [
     {"store", "sources", "select"},
     {"context", "render", "messengers"},
     {"dispatch", "feedback"},
+    {"workers"},
     {"digest"},
     {"lifecycle", "preview", "pull", "report", "welcome", "twofactor", "retention", "notices"},
     {"bootstrap", "bench", "bench_floor", "bench_import", "bench_search", "bench_sinks", "bench_postfix", "bench_run_floor"},

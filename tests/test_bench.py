@@ -1,4 +1,5 @@
-"""The benchmark at CI scale: compiles independent of N, memory bounded by streaming.
+"""The benchmark at CI scale: compiles independent of N, memory bounded by streaming, in one process and
+with two workers (memory bounded in each process).
 
 Speed targets are shown by `newsletter bench` (docs/benchmarks.md), never by timing a test;
 these assert the counts that make those figures possible.
@@ -55,6 +56,31 @@ def test_sendgrid_path_delivers_every_recipient_to_the_loopback_sink():
     assert result.recipients == result.sink_recipients == 9_000
     assert result.requests >= 9  # at most 1000 personalizations per request
     assert result.mjml_compiles == expected_variants()
+
+
+@pytest.fixture(scope="module")
+def worker_runs():
+    return {n: bench.run_isolated(n, "counting", workers=2) for n in (10_000, 100_000)}
+
+
+def test_two_workers_send_every_weekly_subscriber_one_message_with_memory_bounded_per_process(worker_runs):
+    for n, result in worker_runs.items():
+        weekly = sum(1 for row in bench.subscriber_rows(n) if row[3] == "weekly")
+        assert result.workers == 2 and len(result.worker_peak_rss_mb) == 2
+        assert result.recipients == result.sink_recipients == weekly  # recorded sent, and counted by the messengers
+        # each worker renders the variants its ranges need: at least once each, at most once per worker
+        assert expected_variants() <= result.mjml_compiles <= 2 * expected_variants()
+        assert result.premailer_compiles == result.mjml_compiles
+    small, large = worker_runs[10_000], worker_runs[100_000]
+    assert large.peak_rss_mb <= 1.5 * small.peak_rss_mb, (small.peak_rss_mb, large.peak_rss_mb)
+    assert max(large.worker_peak_rss_mb) <= 1.5 * min(small.worker_peak_rss_mb), (small.worker_peak_rss_mb,
+                                                                                  large.worker_peak_rss_mb)
+
+
+def test_two_workers_deliver_every_recipient_to_the_sendgrid_sink():
+    result = bench.run_isolated(10_000, "sendgrid", workers=2)
+    assert result.recipients == result.sink_recipients == 9_000
+    assert result.requests >= 9 and len(result.worker_peak_rss_mb) == 2
 
 
 def test_the_floor_quotes_every_recipients_own_strings_and_the_json_case_reports_it():

@@ -22,12 +22,14 @@ import click
                    "(STARTTLS with a self-signed certificate, discard transport; needs root and Debian's postfix).")
 @click.option("--smtp-security", type=click.Choice(["none", "starttls"]), default="none", show_default=True,
               help="TLS for the smtp cases against aiosmtpd or the sink (Postfix always takes STARTTLS).")
+@click.option("--workers", "workers", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
+              metavar="N", help="Worker processes of the digest run (repeat to compare, e.g. --workers 1 --workers 2).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
 @click.option("--search", is_flag=True, help="Measure the editors' subscriber search instead (at each --subscribers).")
 @click.option("--import", "import_", is_flag=True,
               help="Measure `subscribers import` of a CSV of that many rows instead (at each --subscribers).")
 def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str, smtp_security: str,
-          json_out: Path | None, search: bool, import_: bool) -> None:
+          workers: tuple[int, ...], json_out: Path | None, search: bool, import_: bool) -> None:
     """Measure the whole weekly digest at scale in a scratch database.
 
     Each case (size, messenger) runs in a fresh process: generate subscribers
@@ -46,6 +48,12 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     over it. Sinks for sendgrid (HTTP) and smtp run on loopback in their own
     process.
 
+    With --workers N the digest run sends through N worker processes: wall
+    time is the whole run's (starting the workers included), cpu s, compiles
+    and ledger s add up every process, peak RSS MB is the parent's and
+    "worker RSS MB" each worker's own (getrusage in each process), and the
+    sendgrid sink's count is shown beside the recipients recorded sent.
+
     With --search, it times the editors' subscriber search instead: the
     searches an editor types (prefixes, substrings, filters, the next page)
     over N varied addresses, with the size and insert cost of the search index.
@@ -60,6 +68,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
         newsletter bench --subscribers 10000 --subscribers 100000 --messenger counting
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server sink
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server postfix
+        newsletter bench --subscribers 100000 --messenger sendgrid --workers 1 --workers 2
         newsletter bench --search --subscribers 100000
         newsletter bench --import --subscribers 100000 --subscribers 1000000
     """
@@ -79,20 +88,26 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     if import_:
         _bench_import(console, sizes, json_out)
         return
-    for n, name in bench_mod.cases(sizes, messengers):
-        with console.status(f"{n:,} subscribers, {name}..."):
-            results.append(bench_mod.run_isolated(n, name, smtp_server, smtp_security))
-    floors = {r.subscribers: r.floor_s for r in results if r.floor_s}
+    for n, name, count in bench_mod.cases(sizes, messengers, workers):
+        with console.status(f"{n:,} subscribers, {name}, {count} worker(s)..."):
+            results.append(bench_mod.run_isolated(n, name, smtp_server, smtp_security, count))
+    floors: dict[tuple[int, int], float] = {}  # (size, workers) -> floor s; a size's floor also serves other counts
+    for r in sorted(results, key=lambda r: r.workers != 1):
+        if r.floor_s:
+            floors.setdefault((r.subscribers, r.workers), r.floor_s)
+            floors.setdefault((r.subscribers, 0), r.floor_s)
     run_floors = {r.subscribers: r.wall_s for r in results if r.messenger == "floor"}
-    table = Table("subscribers", "messenger", "server", "recipients", "wall s", "cpu s", "peak RSS MB", "recipients/s",
-                  "MJML", "premailer", "render s", "ledger s", "messenger s", "requests", "encode s", "floor s",
-                  "x floor", "x run floor", "ledger B/recipient", "sink counted")
+    table = Table("subscribers", "messenger", "server", "workers", "recipients", "sink", "wall s", "cpu s",
+                  "peak RSS MB", "worker RSS MB", "recipients/s", "MJML", "premailer", "render s", "ledger s",
+                  "messenger s", "requests", "encode s", "floor s", "x floor", "x run floor", "ledger B/recipient")
     for r in results:
         # json: encode_payload against the floor; sendgrid: the whole messenger (writing and posting) against it
         spent = r.json_encode_s if r.messenger == "json" else r.messenger_s if r.messenger == "sendgrid" else None
-        floor = floors.get(r.subscribers)
-        table.add_row(f"{r.subscribers:,}", r.messenger, r.server, f"{r.recipients:,}", f"{r.wall_s:.2f}", f"{r.cpu_s:.2f}",
-                      f"{r.peak_rss_mb:.0f}", f"{r.recipients_per_s:,}", str(r.mjml_compiles),
+        floor = floors.get((r.subscribers, r.workers)) or floors.get((r.subscribers, 0))
+        table.add_row(f"{r.subscribers:,}", r.messenger, r.server, str(r.workers), f"{r.recipients:,}",
+                      "" if r.sink_recipients is None else f"{r.sink_recipients:,}", f"{r.wall_s:.2f}", f"{r.cpu_s:.2f}",
+                      f"{r.peak_rss_mb:.0f}", ", ".join(f"{m:.0f}" for m in r.worker_peak_rss_mb or []),
+                      f"{r.recipients_per_s:,}", str(r.mjml_compiles),
                       str(r.premailer_compiles), f"{r.render_s:.2f}", f"{r.ledger_write_s:.2f}",
                       f"{r.messenger_s:.2f}", str(r.requests),
                       "" if r.json_encode_s is None else f"{r.json_encode_s:.2f}",
@@ -100,8 +115,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
                       f"{spent / floor:.2f}" if spent is not None and floor else "",
                       f"{r.wall_s / run_floors[r.subscribers]:.2f}"
                       if r.messenger == "sendgrid" and run_floors.get(r.subscribers) else "",
-                      f"{r.ledger_bytes_per_recipient:.0f}",
-                      "" if r.sink_recipients is None else f"{r.sink_recipients:,}")
+                      f"{r.ledger_bytes_per_recipient:.0f}")
     console.print(table)
     if json_out:
         json_out.write_text(json.dumps({"machine": bench_mod.machine(), "results": bench_mod.as_dicts(results)},

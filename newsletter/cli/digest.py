@@ -33,11 +33,14 @@ def digest() -> None:
               help="With --retry-failed: only those whose error contains TEXT (e.g. '550 5.1.1').")
 @click.option("--lock-wait", type=click.FloatRange(min=0), metavar="SECONDS",
               help="How long to queue behind another run (default: 3600 when building, 0 with --send-only).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Worker processes sending each issue, its pending deliveries split by id range "
+                   "(each its own messenger and connections; rate_limit is shared out).")
 @pass_ctx
 @handle_errors
 def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | None, send_only: bool,
                no_send: bool, retry_unknown: bool, retry_failed: bool, failed_matching: str,
-               lock_wait: float | None) -> None:
+               lock_wait: float | None, workers: int) -> None:
     """Build this period's issue per segment and send approved issues.
 
     Safe to run twice: a period's issue is built once, and no delivery is
@@ -50,10 +53,17 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
     is unknown, the run stopped, or an approved issue is held back because its
     text is above max_reading_grade (enforce_reading_grade).
 
+    With --workers N, N processes send each issue, each a run of its pending
+    deliveries by id, claiming and recording its own batches in the same
+    database with the same guarantees. If one dies, the others stop after
+    the batch they have in flight and the run exits non-zero; the next run
+    marks what the dead worker had claimed unknown and sends the rest.
+
     \b
-    Example (cron, Monday 07:00; and every ten minutes):
+    Examples (cron, Monday 07:00, and every ten minutes; two worker processes):
         newsletter --config /srv/newsletter/newsletter.toml digest run --cadence weekly
         newsletter --config /srv/newsletter/newsletter.toml digest run --send-only
+        newsletter digest run --cadence weekly --workers 2
     """
     if failed_matching and not retry_failed:
         raise click.UsageError("--failed-matching goes with --retry-failed")
@@ -61,7 +71,8 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments,
                               on_issue=on_issue, on_progress=on_progress,
-                              on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts), actor=cli_actor())
+                              on_drafts=lambda drafts: lifecycle.notify_editors(ctx, drafts), actor=cli_actor(),
+                              workers=workers)
         try:
             report = runner.run(None if send_only else cadence, now, send=not no_send, retry_unknown=retry_unknown,
                                 retry_failed=retry_failed, failed_matching=failed_matching, segment=segment,
@@ -73,7 +84,9 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
             click.echo(str(exc), err=True)
             return
     print_report(report)
-    if report.tally.needs_attention or report.held:
+    if report.failure:
+        click.echo(f"Error: {report.failure}", err=True)
+    if report.tally.needs_attention or report.held or report.failure:
         sys.exit(1)
 
 

@@ -148,14 +148,18 @@ class Ledger(Tables):
                 conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
 
-    def pending_batches(self, issue_id: int, size: int) -> Iterator[list[tuple]]:
+    def pending_batches(self, issue_id: int, size: int,
+                        id_range: tuple[int, int] | None = None) -> Iterator[list[tuple]]:
         """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
 
         Each row a plain tuple (delivery_id, subscriber_id, email, name, topics, status, consented): this runs
         once per recipient. Pages walk the issue's id range on the rowid (the unary `+` keeps SQLite there).
+        With `id_range` (first, last delivery id, both included) only that part of the issue: a worker's share.
         """
-        after, last, _ = issue_span(self.conn, issue_id)
-        after -= 1
+        first, last, _ = issue_span(self.conn, issue_id)
+        if id_range:
+            first, last = max(first, id_range[0]), min(last, id_range[1])
+        after = first - 1
         cursor = self.conn.cursor()
         cursor.row_factory = None
         while True:
@@ -169,6 +173,23 @@ class Ledger(Tables):
                 return
             after = rows[-1][0]
             yield rows
+
+    def pending_ranges(self, issue_id: int, parts: int) -> list[tuple[int, int]]:
+        """The issue's pending deliveries cut into at most `parts` runs of adjacent ids with about as many
+        rows each, as (first id, last id): what `digest run --workers` hands each worker."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        low, high, _ = issue_span(self.conn, issue_id)  # the issue's id range: no scan of the ledger
+        if high < low:
+            return []
+        span = "FROM deliveries WHERE id BETWEEN ? AND ? AND +issue_id = ? AND +status = 'pending'"
+        count, first, last = cursor.execute(f"SELECT COUNT(*), MIN(id), MAX(id) {span}",
+                                            (low, high, issue_id)).fetchone()
+        parts = max(1, min(parts, count))
+        starts = [first] + [cursor.execute(f"SELECT id {span} ORDER BY id LIMIT 1 OFFSET ?",
+                                           (low, high, issue_id, count * k // parts)).fetchone()[0]
+                            for k in range(1, parts)] if count else []
+        return [(start, (starts[k + 1] - 1) if k + 1 < len(starts) else last) for k, start in enumerate(starts)]
 
     def mark_deliveries(self, ids: Sequence[int], status: str, *, provider_id: str | None = None,
                         error: str | None = None, expect: str | None = None) -> int:
