@@ -109,6 +109,13 @@ records = st.lists(st.fixed_dictionaries(
                                                          "ip": st.sampled_from(["192.0.2.1"])})}), max_size=10)
 
 
+def fresh(stores, before: list[dict], erased: list[str]):
+    """Both stores holding the same list (each address once) and the same erased addresses."""
+    for s in stores:
+        reset(s, unique(before), erased)
+    return stores
+
+
 def unique(recs: list[dict]) -> list[dict]:
     first = {}
     for rec in recs:
@@ -119,9 +126,7 @@ def unique(recs: list[dict]) -> list[dict]:
 @given(before=records, erased=st.lists(st.sampled_from(POOL), unique=True, max_size=3), recs=records,
        chunk=st.sampled_from([1, 2, 3, 2000]))
 def test_an_upsert_in_chunks_leaves_what_the_row_by_row_upsert_left(stores, before, erased, recs, chunk):
-    chunked, reference = stores
-    for s in stores:
-        reset(s, unique(before), erased)
+    chunked, reference = fresh(stores, before, erased)
     assert chunked._upsert(recs, chunk, consent=False) == {
         k: v for k, v in reference_upsert(reference, recs, consent=False).items() if k != "consents"}
     assert state(chunked) == state(reference)
@@ -130,9 +135,7 @@ def test_an_upsert_in_chunks_leaves_what_the_row_by_row_upsert_left(stores, befo
 @given(before=records, erased=st.lists(st.sampled_from(POOL), unique=True, max_size=3), recs=records)
 def test_consent_goes_with_each_record_whose_subscriber_is_not_suppressed(stores, before, erased, recs):
     """Each address once (an address twice in one call: its consent is judged by the status its own record left)."""
-    chunked, reference = stores
-    for s in stores:
-        reset(s, unique(before), erased)
+    chunked, reference = fresh(stores, before, erased)
     assert chunked.upsert_subscribers_with_consent(unique(recs)) == reference_upsert(reference, unique(recs), True)
     assert state(chunked) == state(reference)
 
@@ -140,9 +143,7 @@ def test_consent_goes_with_each_record_whose_subscriber_is_not_suppressed(stores
 @given(before=records, erased=st.lists(st.sampled_from(POOL), unique=True, max_size=3), recs=records,
        chunk=st.sampled_from([1, 2, 3, 2000]))
 def test_an_import_writes_each_address_once_and_names_the_line_of_the_first(stores, before, erased, recs, chunk):
-    chunked, reference = stores
-    for s in stores:
-        reset(s, unique(before), erased)
+    chunked, reference = fresh(stores, before, erased)
     lines = [{**rec, "line": 2 + i * 2} for i, rec in enumerate(recs)]  # lines as in a file with a bad row between
     first: dict[str, int] = {}
     expected_duplicates = []
