@@ -82,6 +82,11 @@ class Tally:
 REAL_BACKENDS = ("smtp", "sendgrid")
 
 
+def processor_of(messenger: Any) -> str:
+    """Who a messenger hands messages to, as the ledger notes it per issue (the data download reads it)."""
+    return getattr(messenger, "processor", "") or getattr(messenger, "name", "")
+
+
 def requires_consent(config: Any) -> bool:
     return config.backend in REAL_BACKENDS and not config.legacy_consent
 
@@ -239,7 +244,8 @@ class Dispatcher:
         if self.should_stop():
             raise _Halted()
         self.limiter.wait(len(envelopes))
-        claimed = self.store.claim_for_sending([e.delivery_id for e in envelopes], uuid.uuid4().hex[:12])
+        claimed = self.store.claim_for_sending([e.delivery_id for e in envelopes], uuid.uuid4().hex[:12],
+                                               processor_of(self.messenger))
         if len(claimed) < len(envelopes):
             tally.skipped += len(envelopes) - len(claimed)
             envelopes = [e for e in envelopes if e.delivery_id in claimed]

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import mjml
 
-from .dispatch import Dispatcher, requires_consent
+from .dispatch import Dispatcher, processor_of, requires_consent
 from .messengers import messenger_from_config
 from .model import (GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, FatalSendError, Messenger, Outcome,
                     Rendered, neutralise_html, neutralise_text)
@@ -126,7 +126,7 @@ def send_welcome(ctx: Any, subscriber_id: int, *, tokens: Tokens | None = None, 
     try:
         dispatcher = Dispatcher(store, messenger, tokens or Tokens(config.require_secret()), config.site_url,
                                 require_consent=requires_consent(config))
-        if not store.claim_for_sending([delivery_id], uuid.uuid4().hex[:12]):
+        if not store.claim_for_sending([delivery_id], uuid.uuid4().hex[:12], processor_of(messenger)):
             return Outcome("skipped", [delivery_id], error="subscriber no longer active")
         try:
             outcomes = messenger.send(rendered, [dispatcher.envelope(planned)])

@@ -133,3 +133,25 @@ def test_the_real_backends_skip_readers_without_consent_unless_the_list_predates
     assert "Without consent" not in runner.invoke(cli, ["--config", str(legacy.config.source), "status"]).output
     DigestRunner(legacy.config, legacy.store, legacy.segments).run("weekly", SAMPLE_NOW)
     assert {r["email"]: r for r in legacy.store.deliveries()}["old-list@example.org"]["status"] == "sent"
+
+
+def test_the_data_download_names_who_each_message_went_to_not_todays_backend(make_site, smtp_server, runner):
+    """Sent through a relay, then the site moved to SendGrid: the download still says the relay had them."""
+    from tests.conftest import SAMPLE_NOW, load_samples
+    ctx = make_site(backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
+                    legacy_consent=True)
+    load_samples(ctx)
+    result = runner.invoke(cli, ["--config", str(ctx.config.source), "digest", "run", "--cadence", "weekly",
+                                 "--now", SAMPLE_NOW.isoformat()], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    sub = next(s for s in ctx.store.subscribers(status="active")
+               if any(d["status"] == "sent" for d in ctx.store.deliveries() if d["subscriber_id"] == s["id"]))
+    config = ctx.config.replace(backend="sendgrid")
+    assert config.backend == "sendgrid"
+    [entry] = person_export(config, ctx.store, sub)["shared_with"]
+    assert entry["with"] == f"the mail relay {smtp_server.host}" and "note" not in entry
+    assert entry["messages"] == 1
+    # An issue sent before processors were noted falls under today's backend, and says so.
+    ctx.store.conn.execute("DELETE FROM issue_processors")
+    [assumed] = person_export(config, ctx.store, sub)["shared_with"]
+    assert assumed["with"].startswith("SendGrid") and "assumed" in assumed["note"]

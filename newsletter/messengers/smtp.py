@@ -104,6 +104,7 @@ class SmtpMessenger:
                  password: str | None = None, timeout: float = 30.0, batch_size: int = 20, ca_file: str = "",
                  sleep: Callable[[float], None] = time.sleep):
         self.host, self.port, self.sender = host, port, sender
+        self.processor = f"smtp:{host}"  # who gets the messages (the ledger notes it per issue)
         self.security, self.username, self.password = security, username, password
         self.timeout, self.batch_size, self.sleep = timeout, batch_size, sleep
         self.context = tls_context(ca_file) if security != "none" else None
@@ -293,7 +294,7 @@ class SmtpPool:
         if connections < 2:
             raise ValueError("connections: a pool needs at least 2 (use SmtpMessenger for one)")
         self.workers = [SmtpMessenger(host, port, sender, **options) for _ in range(connections)]
-        self.batch_size = self.workers[0].batch_size
+        self.batch_size, self.processor = self.workers[0].batch_size, self.workers[0].processor
         self.pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="smtp")
         self.fatal: FatalSendError | None = None
 

@@ -3,6 +3,7 @@ column or table is exported without anyone remembering to), and the wording of e
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .connection import Tables
@@ -57,6 +58,15 @@ class Export(Tables):
         data["consent_wordings"] = [w for v in versions for w in self.query(
             "SELECT * FROM consent_wordings WHERE version = ?", (v,))]
         return data
+
+    def issue_processors(self, issue_ids: list[int]) -> dict[int, list[str]]:
+        """Who each of these issues' messages were handed to (maildir, smtp:HOST, sendgrid), as claims noted it."""
+        noted: dict[int, list[str]] = {}
+        for row in self.conn.execute("SELECT issue_id, processor FROM issue_processors WHERE issue_id IN "
+                                     "(SELECT value FROM json_each(?)) ORDER BY issue_id, first_at",
+                                     (json.dumps(issue_ids),)):
+            noted.setdefault(row[0], []).append(row[1])
+        return noted
 
     def record_consent_wording(self, version: str, text: str, shown_at: str) -> None:
         """Keep a wording of the consent the first time it is shown; a version never changes its text."""

@@ -212,14 +212,18 @@ class Ledger(Tables):
                 conn.execute("DELETE FROM delivery_batches WHERE id = ?", (step,))
             return changed
 
-    def claim_for_sending(self, ids: Sequence[int], batch_id: str) -> set[int]:
+    def claim_for_sending(self, ids: Sequence[int], batch_id: str, processor: str = "") -> set[int]:
         """pending -> sending for rows whose subscriber is still active, checked at the last moment;
-        the others (unsubscribed, bounced, deleted while buffered) become skipped. Returns the claimed ids."""
+        the others (unsubscribed, bounced, deleted while buffered) become skipped. Returns the claimed ids.
+        `processor` (maildir, smtp:HOST, sendgrid) is noted for the issue: who its messages go to."""
         if not ids:
             return set()
-        _, now_s = _clock()
+        now, now_s = _clock()
         id_list = json.dumps(list(ids))
         with self.transaction() as conn:
+            if processor:
+                conn.execute("INSERT OR IGNORE INTO issue_processors (issue_id, processor, first_at) "
+                             "SELECT issue_id, ?, ? FROM deliveries WHERE id = ?", (processor, now.isoformat(), ids[0]))
             step = new_step(conn, ids, name=batch_id)
             moved = conn.execute(
                 """UPDATE deliveries SET status = 'sending', batch = ?, updated_at = ?

@@ -29,12 +29,36 @@ PROCESSORS = {
 }
 
 
-def processors(config: Any) -> list[tuple[str, str]]:
+def processors(config: Any, processor: str = "") -> list[tuple[str, str]]:
+    """Who receives what: for the configured backend, or for a processor the ledger noted (maildir,
+    smtp:HOST, sendgrid)."""
+    backend, _, host = (processor or current_processor(config)).partition(":")
     tracking = ", ".join(name for name, on in (("when you open a digest", config.track_opens),
                                                ("which links you click", config.track_clicks)) if on)
     tracking = f"and {tracking} (shown to us only as totals)" if tracking else "no opens or clicks (tracking is off)"
-    return [(who.format(smtp_host=config.smtp_host), what.format(tracking=tracking))
-            for who, what in PROCESSORS[config.backend]]
+    return [(who.format(smtp_host=host), what.format(tracking=tracking)) for who, what in PROCESSORS.get(backend, [])]
+
+
+def current_processor(config: Any) -> str:
+    return f"smtp:{config.smtp_host}" if config.backend == "smtp" else config.backend
+
+
+def shared_with(config: Any, handed: list[dict[str, Any]], noted: dict[int, list[str]]) -> list[dict[str, Any]]:
+    """Per processor, the messages to this reader it was handed: as the ledger noted each issue's processors
+    (every one that issue went through); an issue sent before they were noted is put under today's backend."""
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for delivery in handed:
+        found = noted.get(delivery["issue_id"])
+        for key in [(p, False) for p in found] if found else [(current_processor(config), True)]:
+            groups.setdefault(key, []).append(delivery)
+    shared = []
+    for (processor, assumed), rows in groups.items():
+        for who, what in processors(config, processor):
+            entry = {"with": who, "what": what, "messages": len(rows), "issues": sorted({d["issue_id"] for d in rows})}
+            if assumed:
+                entry["note"] = "sent before we noted who each issue went to: today's email service is assumed"
+            shared.append(entry)
+    return shared
 
 
 @bp.get("/privacy")
@@ -84,8 +108,7 @@ def person_export(config: Any, store: Any, subscriber: dict[str, Any]) -> dict[s
         row["payload"] = json.loads(row["payload"] or "{}")
     handed = [d for d in tables.get("deliveries", []) if d["status"] in ("sent", "unknown")]
     handed += tables.get("compacted_recipients", [])  # issues compacted since: each reached them
-    shared = [{"with": who, "what": what, "messages": len(handed),
-               "issues": sorted({d["issue_id"] for d in handed})} for who, what in processors(config)]
+    shared = shared_with(config, handed, store.issue_processors(sorted({d["issue_id"] for d in handed})))
     return {"exported_at": now_iso(), "site": config.site_name, "subscriber": tables["subscribers"][0],
             "tables": tables, "consent_records": tables.get("consent_records", []),
             "consent_wordings": tables["consent_wordings"], "shared_with": shared}

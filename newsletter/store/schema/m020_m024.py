@@ -1,4 +1,4 @@
-"""Confirmations waiting for a relay that was down when they were asked for (m020)."""
+"""Confirmations waiting for a relay that was down when they were asked for (m020); who each issue went to (m021)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,17 @@ def m020_queued_notices(db: Database) -> None:
             next_attempt_at TEXT NOT NULL,
             created_at TEXT NOT NULL
         )""")
+
+
+@migrations()
+def m021_issue_processors(db: Database) -> None:
+    # Who each issue's messages were handed to (maildir, smtp:HOST, sendgrid), written with each claim: a
+    # reader's data download says who received their messages from this, not from today's backend. It
+    # outlives compaction. Issues sent before have no row; the download says so.
+    db.execute("""
+        CREATE TABLE issue_processors (
+            issue_id INTEGER NOT NULL REFERENCES issues(id),
+            processor TEXT NOT NULL,
+            first_at TEXT NOT NULL,
+            PRIMARY KEY (issue_id, processor)
+        ) WITHOUT ROWID""")
