@@ -20,6 +20,7 @@ from typing import Any
 
 from .model import kept_event_fields, read_delivery_tag
 from .sources.bounces import Report, parse_report, verp_deliveries
+from .store import StoreError
 
 log = logging.getLogger("newsletter.feedback")
 
@@ -279,6 +280,9 @@ def match_delivery(store: Any, report: Report, bounce_address: str,
     if not tags:
         return None, "names no delivery of ours"
     ids = {i for tag in tags if (i := read_delivery_tag(tag_key, tag)) is not None}
+    if not ids and tag_key:  # mail sent before tags were signed: its bare ids, for a while (store.unsigned_ids)
+        upto = store.unsigned_ids()
+        ids = {int(tag) for tag in tags if tag.isascii() and tag.isdigit() and 0 < int(tag) <= upto}
     if not ids:
         return None, "its delivery tag does not verify"
     if len(ids) > 1:
@@ -324,7 +328,13 @@ def process_mailbox(store: Any, box: Any, bounce_address: str = "", tag_key: byt
     `processed`, the rest to `unreadable` for a person to read. Nothing is deleted."""
     counts: Counter = Counter()
     for key, raw in box.items():
-        outcome = process_report(store, raw, bounce_address, tag_key)
+        try:
+            outcome = process_report(store, raw, bounce_address, tag_key)
+        except StoreError:
+            raise  # the database, not this message: stop, and leave the message where it is
+        except Exception as exc:  # noqa: BLE001 - one message we cannot handle must not stop every later run
+            log.error("bounce mail %s: not handled (%s: %s); moved to unreadable", key, type(exc).__name__, exc)
+            outcome = "unreadable"
         box.move(key, "unreadable" if outcome in UNREADABLE else "processed")
         counts[outcome] += 1
     return counts

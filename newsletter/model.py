@@ -156,7 +156,8 @@ def list_code(key: bytes, segment: str, cadence: str) -> str:
 
 TAG_MAC_LENGTH = 12  # hex digits: 48 bits, lowercase, since a VERP local part may come back in any case
 #: What a delivery tag looks like inside a returned message: the id, then (when signed) its MAC.
-DELIVERY_TAG = r"\d{1,18}(?:-[0-9a-fA-F]{%d})?" % TAG_MAC_LENGTH
+#: ASCII digits only: `\d` would take other scripts' digits too, which no tag of ours holds.
+DELIVERY_TAG = r"[0-9]{1,18}(?:-[0-9a-fA-F]{%d})?" % TAG_MAC_LENGTH
 
 
 def delivery_tag_key(secret: str | None) -> bytes:
@@ -176,7 +177,7 @@ def delivery_tag(key: bytes, delivery_id: int) -> str:
 def read_delivery_tag(key: bytes, tag: str) -> int | None:
     """The delivery id a tag names, or None when it does not verify (with a key, an unsigned id never does)."""
     number, _, _mac = tag.lower().partition("-")
-    if not number.isdigit():
+    if not (tag.isascii() and number.isdigit()):
         return None
     return int(number) if hmac.compare_digest(delivery_tag(key, int(number)), tag.lower()) else None
 

@@ -299,3 +299,63 @@ def test_schedule_cron_processes_bounces_with_a_command_that_exists(runner):
     minute, hour, day, month, weekday = lines[0].split()[:5]
     assert (hour, day, month, weekday) == ("*", "*", "*", "*") and minute.count(",") == 1  # twice an hour
     assert runner.invoke(cli, ["bounces", "process", "--help"], catch_exceptions=False).exit_code == 0
+
+
+def test_digits_of_other_scripts_in_a_report_neither_crash_nor_match(sent, runner):
+    """`\\d` takes Arabic-Indic digits too; no tag of ours holds them, and the run goes on to the next message."""
+    a, b = sent.outbox_messages[:2]
+    hostile = fill("postfix_user_unknown", email=a["To"].addresses[0].addr_spec, delivery="١٢",
+                   issue=a["X-Newsletter-Issue"], message_id=f"<{a['X-Newsletter-Issue']}.١٢.{'a' * 12}@{DOMAIN}>")
+    deliver(sent, hostile, bounce_of("sendmail_host_unknown", b))
+    line = process(runner, sent)
+    assert "hard 1" in line and "unmatched 1" in line, line
+    assert subscriber_of(sent, a)["status"] == "active" and subscriber_of(sent, b)["status"] == "bounced"
+
+
+def test_a_message_that_cannot_be_handled_goes_to_unreadable_and_the_rest_are_handled(sent, monkeypatch):
+    import newsletter.feedback as feedback
+    a, b = sent.outbox_messages[:2]
+    deliver(sent, bounce_of("postfix_user_unknown", a), bounce_of("sendmail_host_unknown", b))
+    real, calls = feedback.process_report, []
+
+    def first_one_breaks(store, raw, *args):
+        calls.append(raw)
+        if len(calls) == 1:
+            raise ValueError("an input nobody thought of")
+        return real(store, raw, *args)
+
+    monkeypatch.setattr(feedback, "process_report", first_one_breaks)
+    from newsletter.sources.bounces import MaildirBounces
+    box = MaildirBounces(sent.config.bounce_mailbox.removeprefix("maildir:"))
+    counts = feedback.process_mailbox(sent.store, box, "", b"")
+    box.close()
+    assert counts["unreadable"] == 1 and sum(counts.values()) == 2
+    assert folder_sizes(sent)["inbox"] == 0 and folder_sizes(sent)["unreadable"] >= 1
+
+
+def test_bare_ids_of_mail_sent_before_tags_were_signed_match_for_a_while(sent, runner):
+    """A site upgraded with mail in flight: its bounces carry bare ids, accepted up to the last such id, 30 days."""
+    a, b = sent.outbox_messages[:2]
+    last = max(d["id"] for d in sent.store.deliveries())
+    sent.store.conn.execute("UPDATE ledger_marks SET value = ? WHERE name = 'unsigned_ids_upto'", (last,))
+    bare = lambda m, name: fill(name, email=m["To"].addresses[0].addr_spec, delivery=delivery_of(m),  # noqa: E731
+                                issue=m["X-Newsletter-Issue"],
+                                message_id=f"<{m['X-Newsletter-Issue']}.{delivery_of(m)}.{'b' * 12}@{DOMAIN}>")
+    deliver(sent, bare(a, "postfix_user_unknown"))
+    assert "hard 1" in process(runner, sent)
+    assert subscriber_of(sent, a)["status"] == "bounced"
+    sent.store.conn.execute("UPDATE ledger_marks SET at = '2020-01-01T00:00:00+00:00'")  # the grace is over
+    deliver(sent, bare(b, "sendmail_host_unknown"))
+    assert "unmatched 1" in process(runner, sent)
+    assert subscriber_of(sent, b)["status"] == "active"
+
+
+def test_bounces_are_not_processed_without_the_secret_that_signs_the_tags(sent, runner, monkeypatch):
+    monkeypatch.delenv("NEWSLETTER_SECRET")
+    secret_file = Path(sent.config.source).parent / ".newsletter-secret"
+    if secret_file.exists():
+        secret_file.unlink()
+    deliver(sent, bounce_of("postfix_user_unknown", sent.outbox_messages[0]))
+    result = runner.invoke(cli, ["--config", str(sent.config.source), "bounces", "process"])
+    assert result.exit_code == 1 and "NEWSLETTER_SECRET" in result.output, result.output
+    assert folder_sizes(sent)["inbox"] == 1  # nothing was read, nothing moved

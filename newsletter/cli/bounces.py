@@ -48,7 +48,7 @@ def bounces_process(ctx: Context) -> None:
     try:
         box = open_mailbox(parse_mailbox(config.bounce_mailbox), config.bounce_password, config.bounce_ca_file)
         try:
-            counts = process_mailbox(store, box, config.bounce_address, delivery_tag_key(config.secret))
+            counts = process_mailbox(store, box, config.bounce_address, delivery_tag_key(config.require_secret()))
         finally:
             box.close()
     except BounceMailboxError as exc:

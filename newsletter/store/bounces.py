@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from .connection import Tables, now_iso
 
 
+#: Days after the upgrade that signed delivery tags during which a bare id (mail sent before) still matches.
+UNSIGNED_GRACE_DAYS = 30
+
+
 class Bounces(Tables):
+    def unsigned_ids(self) -> int:
+        """The last delivery that went out named by its bare id (m022), while UNSIGNED_GRACE_DAYS last; else 0."""
+        row = self.conn.execute("SELECT value, at FROM ledger_marks WHERE name = 'unsigned_ids_upto'").fetchone()
+        if row is None or datetime.fromisoformat(now_iso()) - datetime.fromisoformat(row[1]) > timedelta(
+                days=UNSIGNED_GRACE_DAYS):
+            return 0
+        return row[0]
+
     def delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """A delivery row (what a report is matched against)."""
         rows = self.query("SELECT id, issue_id, subscriber_id, status FROM deliveries WHERE id = ?", (delivery_id,))

@@ -1,4 +1,5 @@
-"""Confirmations waiting for a relay that was down when they were asked for (m020); who each issue went to (m021)."""
+"""Confirmations waiting for a relay that was down when they were asked for (m020); who each issue went to (m021);
+the last delivery named by a bare, unsigned id (m022)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def m021_issue_processors(db: Database) -> None:
             first_at TEXT NOT NULL,
             PRIMARY KEY (issue_id, processor)
         ) WITHOUT ROWID""")
+
+
+@migrations()
+def m022_unsigned_delivery_ids(db: Database) -> None:
+    # Messages sent before delivery tags were signed name their delivery by its bare id; their bounces and
+    # complaints still come back for a while. Up to this id a bare id is accepted, for UNSIGNED_GRACE_DAYS.
+    db.execute("CREATE TABLE ledger_marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL, at TEXT NOT NULL)")
+    db.execute("""INSERT INTO ledger_marks (name, value, at) SELECT 'unsigned_ids_upto',
+                  COALESCE((SELECT MAX(seq) FROM sqlite_sequence WHERE name = 'deliveries'), 0),
+                  strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')""")
