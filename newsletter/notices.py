@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .messengers import send_notice
 from .model import FatalSendError, Notice
+from .store import NOT_BY_LINK
 
 log = logging.getLogger("newsletter.notices")
 
@@ -59,6 +60,13 @@ def send_queued(config: Any, store: Any, now: datetime | None = None) -> dict[st
                   row["created_at"], row["error"])
         counts["dropped"] += 1
     for row in store.queued_notices(due_by=now.isoformat()):
+        if not store.claim_notice(row["id"], row["next_attempt_at"]):
+            continue  # another run has it
+        reader = store.get_subscriber(row["recipient"])
+        if reader is not None and reader["status"] in NOT_BY_LINK:  # bounced or complained since: never to them
+            store.notice_sent(row["id"])
+            counts["dropped"] += 1
+            continue
         notice = Notice(to=row["recipient"], subject=row["subject"], text=row["text"], category=row["category"])
         status, error = try_send(config, notice)
         if status == "retry":

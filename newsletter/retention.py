@@ -40,12 +40,18 @@ def compact_ledger(config: Any, store: Any, now: datetime) -> int:
     return store.compact_deliveries(_cutoff(now, config.ledger_retention_days))
 
 
+def expire_queued_notices(config: Any, store: Any, now: datetime) -> int:
+    """Confirmations the relay never took, past their retry period (notices send drops them too)."""
+    return len(store.expire_notices(_cutoff(now, config.retry_deferred_days)))
+
+
 PurgeStep = Callable[[Any, Any, datetime], int]
 #: (what it removes, as `purge` prints it; the step). Steps run in this order.
 PURGE_STEPS: list[tuple[str, PurgeStep]] = [
     ("provider events past retention_events_days", purge_events),
     ("sign-ups never confirmed within retention_pending_days", purge_unconfirmed),
     ("erased readers' delivery rows unlinked after retention_erased_days", unlink_erased),
+    ("confirmations queued longer than retry_deferred_days", expire_queued_notices),
     ("delivery rows compacted to counts after ledger_retention_days", compact_ledger),
 ]
 

@@ -36,6 +36,7 @@ from newsletter.store import Store
 from newsletter.settings import ConfigError, load_config
 from newsletter.tokens import Tokens
 from newsletter.web import create_app
+from newsletter.web.mailer import wait_for_handovers
 from newsletter.messengers import sender_from_config
 from newsletter.model import Notice
 from newsletter.messengers.sendgrid import notice_payload
@@ -151,7 +152,9 @@ def subscribe(client, **fields):
     if "csrf_token" not in data:
         data["csrf_token"] = form_token(client, "/")
     data = {k: v for k, v in data.items() if v is not None}
-    return client.post("/", data=data, buffered=True)  # buffered: the response is closed, so the mail goes
+    response = client.post("/", data=data, buffered=True)  # buffered: the response is closed, so the mail goes
+    wait_for_handovers()  # ...from a thread of its own
+    return response
 
 
 def invoke_cli(runner, ctx, *args):

@@ -14,6 +14,7 @@ import email
 import email.policy
 import mailbox
 import re
+import time
 import threading
 
 import pytest
@@ -130,13 +131,18 @@ def tab_to(page, match, limit: int = 60) -> dict:
     raise AssertionError(f"Tab never reached the element (last: {focused(page)})")
 
 
-def confirmation_link(ctx, address: str) -> str:
-    box = mailbox.Maildir(ctx.config.outbox, create=True)
-    for key in box.keys():
-        msg = email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
-        if msg["To"].addresses[0].addr_spec == address:
-            return re.search(r"(http://\S+/confirm/\S+)", msg.get_body(("plain",)).get_content()).group(1)
-    raise AssertionError(f"no confirmation email to {address} in {ctx.config.outbox}")
+def confirmation_link(ctx, address: str, wait: float = 10.0) -> str:
+    """The link in the confirmation to `address`; it is handed over after the answer, so it may take a moment."""
+    deadline = time.monotonic() + wait
+    while True:
+        box = mailbox.Maildir(ctx.config.outbox, create=True)
+        for key in box.keys():
+            msg = email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
+            if msg["To"].addresses[0].addr_spec == address:
+                return re.search(r"(http://\S+/confirm/\S+)", msg.get_body(("plain",)).get_content()).group(1)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no confirmation email to {address} in {ctx.config.outbox}")
+        time.sleep(0.05)
 
 
 def test_a_person_subscribes_confirms_changes_preferences_and_unsubscribes(live, page, requests_seen, artifacts):

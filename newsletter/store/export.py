@@ -52,6 +52,8 @@ class Export(Tables):
         data["delivery_batches"] = self.query("""SELECT DISTINCT b.* FROM delivery_batches b
                                                  JOIN deliveries d ON d.batch = b.id
                                                  WHERE d.subscriber_id = ? ORDER BY b.id""", (subscriber_id,))
+        data["queued_notices"] = self.query("SELECT * FROM queued_notices WHERE lower(recipient) = lower(?) "
+                                            "ORDER BY id", (email,))  # a confirmation waiting for the relay
         data["audit_log"] = self.query("SELECT * FROM audit_log WHERE target = ? ORDER BY id",
                                        (subscriber_target(subscriber_id),))
         versions = sorted({r["wording_version"] for r in data.get("consent_records", []) if r["wording_version"]})

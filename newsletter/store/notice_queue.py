@@ -10,6 +10,7 @@ from .connection import Tables, now_iso
 
 FIRST_RETRY = 300.0  # seconds; doubling, at most MAX_RETRY
 MAX_RETRY = 4 * 3600.0
+TAKEN = "9999-12-31T00:00:00+00:00"  # next_attempt_at of a notice a run is sending
 
 
 def retry_delay(attempts: int) -> float:
@@ -30,6 +31,13 @@ class NoticeQueue(Tables):
         if due_by is None:
             return self.query("SELECT * FROM queued_notices ORDER BY id")
         return self.query("SELECT * FROM queued_notices WHERE next_attempt_at <= ? ORDER BY id", (due_by,))
+
+    def claim_notice(self, notice_id: int, due_at: str) -> bool:
+        """Take a due notice for this run: no other run sends it meanwhile. A run that dies holding it leaves it
+        taken (it may have gone out) until its retry period ends: never sent twice."""
+        with self.transaction() as conn:
+            return conn.execute("UPDATE queued_notices SET next_attempt_at = ? WHERE id = ? AND next_attempt_at = ?",
+                                (TAKEN, notice_id, due_at)).rowcount == 1
 
     def notice_sent(self, notice_id: int) -> None:
         with self.transaction() as conn:
