@@ -195,6 +195,8 @@ class DigestRunner:
                         if ranges:
                             pool.run_issue(issue["id"], ranges, tally)  # type: ignore[union-attr]
                     except WorkerFailed as exc:
+                        if tally.tripped:  # another worker met the relay down: what is pending waits, deferred
+                            dispatcher.conclude_issue(issue["id"], tally)
                         report.tally.add(tally)
                         report.failure = str(exc)
                         break
