@@ -184,8 +184,7 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
         setup_s=round(setup_s, 2), server=server,
         sink_recipients=int(figures["recipients"]) if messenger_name == "counting" else sink_recipients,
         floor_s=round(figures["floor_seconds"], 3) if messenger_name == "json" else None,
-        ledger_bytes_per_recipient=round(ctx.store.ledger_bytes() / max(1, sum(ctx.store.delivery_counts().values())),
-                                         1),
+        ledger_bytes_per_recipient=ledger_bytes_per_recipient(ctx.store),
         workers=workers, worker_peak_rss_mb=[s.peak_rss_mb for s in stats] if workers > 1 else None)
 
 
@@ -199,6 +198,11 @@ def _sink_count(messenger_name: str, smtp_server: str, port: int) -> int | None:
     return None
 
 
+def ledger_bytes_per_recipient(store: Any) -> float:
+    """The ledger's bytes on disk per planned delivery."""
+    return round(store.ledger_bytes() / max(1, sum(store.delivery_counts().values())), 1)
+
+
 def floor_result(n: int, runner: DigestRunner, floor: dict[str, float], wall: float, cpu: float, setup_s: float,
                  sink_recipients: int | None) -> Result:
     stats, store = runner.renderer.stats, runner.store
@@ -210,7 +214,7 @@ def floor_result(n: int, runner: DigestRunner, floor: dict[str, float], wall: fl
         render_s=round(sum(stats.seconds.values()), 3), ledger_write_s=round(floor["ledger_s"], 3),
         requests=int(floor["requests"]), json_encode_s=None, messenger_s=0.0, setup_s=round(setup_s, 2),
         sink_recipients=sink_recipients,
-        ledger_bytes_per_recipient=round(store.ledger_bytes() / max(1, sum(store.delivery_counts().values())), 1))
+        ledger_bytes_per_recipient=ledger_bytes_per_recipient(store))
 
 
 def _cpu() -> float:

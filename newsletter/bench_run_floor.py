@@ -18,41 +18,32 @@ import json
 import sqlite3
 import time
 import uuid
-from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
 from .digest import DigestRunner
-from .messengers.sendgrid import (_ARGS, _DELIVERY_ARG, _END, _HEADERS, _SUBSTITUTIONS, _TO, _WITH_NAME, NO_TRACKING,
-                                  _common_json, _json_text)
+from .messengers.sendgrid import NO_TRACKING, _common_json, column_body
 from .model import Sender, greeting
 from .tokens import Tokens
 
 BATCH = 1000  # SendGrid's limit of personalizations per request
 
 
+def iso(seconds: float) -> str:
+    """A time as the store writes it in issues (now_iso's form)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds))
+
+
 def request_body(issue_id: int, rendered: Any, rows: list[tuple], tokens: Tokens, sender: Sender,
                  unsubscribe_base: str) -> str:
     """One SendGrid request for (delivery id, subscriber id, email, name) rows: the bytes encode_payload writes
-    (tests compare them), the same column-at-a-time writer, with the two tokens and the greeting made inline
-    instead of in an Envelope and a values dict per recipient."""
+    (tests compare them), through the same column writer, with the two tokens and the greeting made a column at
+    a time instead of in an Envelope and a values dict per recipient."""
     ids, sids, emails, names = zip(*rows)
     utoks, ptoks = zip(*map(tokens.link_tokens, sids))
     greetings = list(map(greeting, names))
-    s1, s2, s3, s4 = _SUBSTITUTIONS
-    row = ["," + _TO, "", "", s1, "", s2, "", s3, "", s4, "", _ARGS % _q(str(issue_id)), "", _DELIVERY_ARG, "",
-           _HEADERS, "", _END]
-    width = len(row)
-    pieces = row * len(rows)
-    pieces[0] = '{"personalizations":[' + _TO
-    pieces[1::width] = _json_text(list(emails))
-    pieces[2::width] = [_WITH_NAME + name if name else "" for name in _json_text(list(names))]
-    for slot, column in zip((4, 6, 8, 10), (utoks, ptoks, [g[0] for g in greetings], [g[1] for g in greetings])):
-        pieces[slot::width] = _json_text(list(column))
-    pieces[12::width] = map(str, sids)
-    pieces[14::width] = map(str, ids)
-    pieces[16::width] = _json_text([unsubscribe_base + utok for utok in utoks])
-    pieces += ("],", _common_json(rendered, sender, 0, False, NO_TRACKING))
-    return "".join(pieces)
+    return column_body(issue_id, list(emails), list(names),
+                       [list(utoks), list(ptoks), [g[0] for g in greetings], [g[1] for g in greetings]], sids, ids,
+                       [unsubscribe_base + utok for utok in utoks], _common_json(rendered, sender, 0, False, NO_TRACKING))
 
 
 def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int, Any], tokens: Tokens,
@@ -113,7 +104,7 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
                    "SELECT MAX(id) FROM delivery_batches)", ()),
                   ("""UPDATE issues SET status = 'sending', planned_at = ?, first_delivery = ?,
                       last_delivery = (SELECT MAX(id) FROM deliveries) WHERE id = ?""",
-                   (time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now)), first, issue["id"])))
+                   (iso(now), first, issue["id"])))
             last = conn.execute("SELECT last_delivery FROM issues WHERE id = ?", (issue["id"],)).fetchone()[0]
             variants: dict[str, Any] = {}
             buffers: dict[int, tuple[Any, list[tuple]]] = {}
@@ -139,7 +130,7 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
             for rendered, rows in buffers.values():
                 flush(issue["id"], rendered, rows)
             write("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?",
-                  (time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), issue["id"]))
+                  (iso(time.time()), issue["id"]))
     finally:
         http_conn.close()
         conn.close()

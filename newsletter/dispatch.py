@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .model import Envelope, FatalSendError, Messenger, Rendered, VariantFor, recipient_values
+from .model import Envelope, FatalSendError, Messenger, Rendered, VariantFor, recipient_values, retry_delay
 from .store import Ledger
 from .tokens import Tokens
 
@@ -33,13 +33,6 @@ BREAKER_AFTER = 3
 #: Why the real backends skip a reader (unless the site says its list predates consent records)
 NO_CONSENT = "no consent record: smtp and sendgrid send only to people whose consent is recorded " \
              "(set legacy_consent = yes if this list predates consent records)"
-FIRST_RETRY = 300.0  # seconds; the ten-minute cron line picks a first deferral up at its next run
-LONGEST_RETRY = 4 * 3600.0
-
-
-def retry_delay(attempts: int) -> float:
-    """Seconds before a delivery deferred `attempts` times is tried again: 5 min, 10, 20... at most 4 h."""
-    return min(LONGEST_RETRY, FIRST_RETRY * 2 ** max(0, attempts - 1))
 
 
 @dataclass
@@ -124,6 +117,7 @@ class Dispatcher:
                  retry_deferred_days: float = 3.0, require_consent: bool = False,
                  should_stop: Callable[[], bool] | None = None):
         self.store, self.messenger, self.tokens = store, messenger, tokens
+        self.processor = processor_of(messenger)  # noted per issue with each claim (the data download)
         self.should_stop = should_stop or (lambda: False)  # checked before each page and each claim
         self.require_consent = require_consent  # the real backends send only to people with a consent record
         self.retry_for = retry_deferred_days * 86400
@@ -245,7 +239,7 @@ class Dispatcher:
             raise _Halted()
         self.limiter.wait(len(envelopes))
         claimed = self.store.claim_for_sending([e.delivery_id for e in envelopes], uuid.uuid4().hex[:12],
-                                               processor_of(self.messenger))
+                                               self.processor)
         if len(claimed) < len(envelopes):
             tally.skipped += len(envelopes) - len(claimed)
             envelopes = [e for e in envelopes if e.delivery_id in claimed]

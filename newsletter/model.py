@@ -105,6 +105,16 @@ def _fill(pieces: list[str], values: Mapping[str, str]) -> str:
 
 # -- what messengers take and give -----------------------------------------------
 
+FIRST_RETRY = 300.0  # seconds; the ten-minute cron line picks a first deferral up at its next run
+LONGEST_RETRY = 4 * 3600.0
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before something deferred `attempts` times (a delivery, a queued confirmation) is tried again:
+    5 min, 10, 20... at most 4 h."""
+    return min(LONGEST_RETRY, FIRST_RETRY * 2 ** max(0, attempts - 1))
+
+
 @dataclass(slots=True)
 class Envelope:
     delivery_id: int

@@ -6,15 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..model import retry_delay
 from .connection import Tables, now_iso
 
-FIRST_RETRY = 300.0  # seconds; doubling, at most MAX_RETRY
-MAX_RETRY = 4 * 3600.0
 TAKEN = "9999-12-31T00:00:00+00:00"  # next_attempt_at of a notice a run is sending
-
-
-def retry_delay(attempts: int) -> float:
-    return min(FIRST_RETRY * 2 ** max(0, attempts - 1), MAX_RETRY)
 
 
 class NoticeQueue(Tables):
