@@ -359,3 +359,22 @@ def test_bounces_are_not_processed_without_the_secret_that_signs_the_tags(sent, 
     result = runner.invoke(cli, ["--config", str(sent.config.source), "bounces", "process"])
     assert result.exit_code == 1 and "NEWSLETTER_SECRET" in result.output, result.output
     assert folder_sizes(sent)["inbox"] == 1  # nothing was read, nothing moved
+
+
+#: digits of many scripts (str.isdigit and `\\d` take them all), alone or as a tag with a MAC
+DIGITS = st.text(alphabet="0123456789\u0660\u0661\u0662\u06f1\u0967\u07c1\uff11\U0001d7cf", min_size=1, max_size=8)
+TAG_LIKE = st.one_of(DIGITS, st.builds(lambda d, mac: f"{d}-{mac}", DIGITS,
+                                       st.text(alphabet="0123456789abcdef", min_size=12, max_size=12)))
+
+
+@given(noise=st.one_of(st.text(max_size=60), TAG_LIKE), name=st.sampled_from(sorted(FIXTURES)))
+def test_any_text_where_our_ids_go_is_handled_without_raising_and_marks_nobody_unsigned(sent, noise, name):
+    """Whatever a report carries where our delivery tag, Message-ID or issue goes, handling it never raises, and
+    nothing but a tag that verifies marks anyone."""
+    a = sent.outbox_messages[0]
+    before = subscriber_of(sent, a)["status"]
+    raw = fill(name, email=a["To"].addresses[0].addr_spec, delivery=noise, issue=noise,
+               message_id=f"<{noise}.{noise}.{'c' * 12}@{DOMAIN}>")
+    verdict = process_report(sent.store, raw + noise.encode("utf-8", "surrogatepass"), "", b"key")
+    assert isinstance(verdict, str)
+    assert subscriber_of(sent, a)["status"] == before
