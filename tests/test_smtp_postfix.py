@@ -3,12 +3,13 @@
 STARTTLS with a private CA through smtp_ca_file; the same without it, or with
 TLS off, fails with one clear line and sends nothing; a relay stopped in the
 middle of a send stops the run with one line, and once it is back the next
-`digest run --send-only` delivers every remaining reader exactly once, counted
-in the Maildir Postfix delivered to.
+`digest run --send-only` hands every remaining reader to the relay exactly once,
+counted by the queue ids in what Postfix delivered to its Maildir.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -41,6 +42,19 @@ def digest(runner, ctx, *args):
 
 def delivered(relay) -> Counter:
     return Counter(to.addr_spec for msg in relay.messages() for to in msg["To"].addresses)
+
+
+def handed_over(relay) -> dict[str, set[str]]:
+    """Each recipient's Postfix queue ids (one per SMTP transaction that relay accepted), from the Received
+    line smtpd wrote: `... (Postfix) with ESMTPS id 4Xy7Lq0Dbtz9sT for <reader@example.org>; ...`."""
+    ids: dict[str, set[str]] = {}
+    for msg in relay.messages():
+        received = " ".join(str(msg["Received"]).split())
+        match = re.search(r"\(Postfix\) with \S+ id (\w+)", received)
+        assert match, received
+        for to in msg["To"].addresses:
+            ids.setdefault(to.addr_spec, set()).add(match[1])
+    return ids
 
 
 def settle(relay, at_least: int) -> None:
@@ -138,10 +152,17 @@ def test_relay_stopped_mid_send_then_back_every_reader_gets_exactly_one(make_sit
     unknown = [e for e, s in status_of.items() if s == "unknown"]
     assert len(unknown) <= 1  # at most the message in flight when the relay went down
     settle(postfix_relay, len(sent))
-    got = delivered(postfix_relay)
-    assert set(got) <= set(status_of) and max(got.values()) == 1, "someone got two messages"
-    assert all(got[e] == 1 for e in sent), "a reader marked sent has no message in the Maildir"
-    assert sum(got.values()) in (len(sent), len(sent) + len(unknown))
+    # What we handed over is counted by the relay's queue ids, not by the files in the Maildir: a Postfix
+    # stopped while virtual(8) is writing a message it already accepted delivers that message again when it
+    # starts (its queue file still lists the recipient), which is the relay's own at-least-once delivery,
+    # seen once in CI. Such a copy carries the same queue id; a second hand-over by us would carry another.
+    handed = handed_over(postfix_relay)
+    assert set(handed) <= set(status_of)
+    twice = {e: ids for e, ids in handed.items() if len(ids) > 1}
+    assert not twice, f"handed over to the relay twice: {twice}"
+    queued_as = {r["email"]: (r["provider_id"] or "").rsplit(" ", 1)[-1] for r in rows if r["status"] == "sent"}
+    assert all(handed.get(e) == {queued_as[e]} for e in sent), "a reader marked sent has no message of that id"
+    assert len(handed) in (len(sent), len(sent) + len(unknown))
     assert ctx.store.get_issue(issue["id"])["status"] == ("sending" if unknown else "sent")
 
 
