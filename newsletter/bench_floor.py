@@ -8,9 +8,8 @@ import itertools
 import time
 from typing import Sequence
 
-from .messengers.sendgrid import (_DELIVERY, _EMAIL, _NAME, _SUBSCRIBER, _URL, _VALUE, _VALUES, NO_TRACKING,
-                                  _common_json, _json_text, encode_payload, split_requests)
-from .model import Envelope, Outcome, Rendered, Sender
+from .messengers.sendgrid import NO_TRACKING, _common_json, _json_text, encode_payload, split_requests
+from .model import Envelope, Outcome, Recipients, Rendered, Sender
 
 
 def floor_body(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender) -> str:
@@ -20,10 +19,10 @@ def floor_body(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender
     `_json_text`), its two ids written, all copied once into one string, with the shared part (encoded
     once per variant, as the messenger does) after them. No fixed text between them, no key, no check of
     the request: whatever a writer adds to this is its own cost."""
-    values = list(map(_VALUES, envelopes))
-    columns = [list(map(get, envelopes)) for get in (_EMAIL, _NAME, _URL)] + [list(map(get, values)) for get in _VALUE]
-    own = [_json_text(column) for column in columns] + [list(map(str, map(get, envelopes)))
-                                                       for get in (_SUBSCRIBER, _DELIVERY)]
+    batch = Recipients.of(envelopes)
+    columns = [batch.emails, batch.names, batch.unsubscribe_urls, *batch.values]
+    own = [_json_text(column) for column in columns] + [list(map(str, ids))
+                                                       for ids in (batch.subscriber_ids, batch.delivery_ids)]
     return "".join(itertools.chain.from_iterable(own)) + _common_json(rendered, sender, 0, False, NO_TRACKING)
 
 
@@ -48,7 +47,7 @@ class FloorMessenger:
             self.floor_seconds += time.perf_counter() - encoded
             self.encode_seconds += encoded - started
             self.requests += 1
-        return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id="json")]
+        return [Outcome("sent", list(Recipients.of(envelopes).delivery_ids), provider_id="json")]
 
     def close(self) -> None:
         pass

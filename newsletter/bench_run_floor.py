@@ -5,7 +5,7 @@ Written out by hand because it is a measuring rod, not a second implementation: 
 real run keeps (a ledger row per recipient planned in one statement before anything is sent; each batch claimed
 with the last-moment "still active" check and committed before its request goes out; each answer recorded in
 one statement; two signed link tokens and a greeting per recipient; bodies that are valid SendGrid requests,
-posted over one keep-alive connection) and nothing else: no Envelope or dict per recipient, no retry or breaker
+posted over one keep-alive connection) and nothing else: no retry or breaker
 bookkeeping, no progress callbacks. It runs the same statements the store does on the bench's scratch
 database (the only SQL outside newsletter/store/, named in tests/test_architecture.py). Selection and
 rendering are the real ones: they are a fixed cost, about 0.3 s, the same in both.
@@ -22,7 +22,7 @@ from typing import Any
 
 from .digest import DigestRunner
 from .messengers.sendgrid import NO_TRACKING, _common_json, column_body
-from .model import Sender, greeting
+from .model import Recipients, Sender
 from .tokens import Tokens
 
 BATCH = 1000  # SendGrid's limit of personalizations per request
@@ -35,15 +35,12 @@ def iso(seconds: float) -> str:
 
 def request_body(issue_id: int, rendered: Any, rows: list[tuple], tokens: Tokens, sender: Sender,
                  unsubscribe_base: str) -> str:
-    """One SendGrid request for (delivery id, subscriber id, email, name) rows: the bytes encode_payload writes
-    (tests compare them), through the same column writer, with the two tokens and the greeting made a column at
-    a time instead of in an Envelope and a values dict per recipient."""
-    ids, sids, emails, names = zip(*rows)
-    utoks, ptoks = zip(*map(tokens.link_tokens, sids))
-    greetings = list(map(greeting, names))
-    return column_body(issue_id, list(emails), list(names),
-                       [list(utoks), list(ptoks), [g[0] for g in greetings], [g[1] for g in greetings]], sids, ids,
-                       [unsubscribe_base + utok for utok in utoks], _common_json(rendered, sender, 0, False, NO_TRACKING))
+    """One SendGrid request for (delivery id, subscriber id, email, name) rows: the two tokens and the greeting
+    made a column at a time (Recipients.signed, as the dispatcher does), written by encode_payload's own
+    column writer."""
+    batch = Recipients.signed(rows, tokens.link_tokens, unsubscribe_base)
+    return column_body(issue_id, batch.emails, batch.names, batch.values, batch.subscriber_ids, batch.delivery_ids,
+                       batch.unsubscribe_urls, _common_json(rendered, sender, 0, False, NO_TRACKING))
 
 
 def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int, Any], tokens: Tokens,
@@ -52,6 +49,7 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
     the ledger. `variant_for[issue_id]` maps a subscriber's raw topics JSON to its Rendered (or None)."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA synchronous = NORMAL")  # as the store's connections (connection.py)
     http_conn = http.client.HTTPConnection("127.0.0.1", sink_port, timeout=60)
     unsubscribe_base = site_url.rstrip("/") + "/u/"
     counts = {"recipients": 0, "requests": 0, "ledger_s": 0.0}
@@ -117,14 +115,15 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
                 if not page:
                     break
                 after = page[-1][0]
-                for delivery_id, sid, email, name, topics in page:
+                for row in page:
+                    topics = row[4]
                     if topics not in variants:
                         variants[topics] = variant_for[issue["id"]](json.loads(topics or "[]"))
                     rendered = variants[topics]
                     if rendered is None:
                         continue  # nothing for these topics (the real run marks them skipped)
                     buffer = buffers.setdefault(id(rendered), (rendered, []))[1]
-                    buffer.append((delivery_id, sid, email, name or ""))
+                    buffer.append(row)
                     if len(buffer) >= BATCH:
                         flush(issue["id"], *buffers.pop(id(rendered)))
             for rendered, rows in buffers.values():

@@ -23,7 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .model import Envelope, FatalSendError, Messenger, Rendered, VariantFor, recipient_values, retry_delay
+from .model import (Envelope, FatalSendError, Messenger, Recipients, Rendered, VariantFor, recipient_values,
+                    retry_delay)
 from .store import Ledger
 from .tokens import Tokens
 
@@ -134,7 +135,7 @@ class Dispatcher:
         return self.make_envelope(row["delivery_id"], row["subscriber_id"], row["email"], row["name"] or "")
 
     def make_envelope(self, delivery_id: int, sid: int, email: str, name: str) -> Envelope:
-        """Per-recipient work: two signatures and a greeting, nothing heavier."""
+        """One recipient's two signatures and greeting (a welcome; a digest's batches are Recipients.signed)."""
         utok, ptok = self.tokens.link_tokens(sid)
         return Envelope(delivery_id, sid, email, name, recipient_values(utok, ptok, name), self.unsubscribe_base + utok)
 
@@ -194,15 +195,16 @@ class Dispatcher:
     def _pass(self, issue_id: int, variant_for: VariantFor, tally: Tally,
               id_range: tuple[int, int] | None = None) -> None:
         """One pass over the issue's pending deliveries, in batches grouped by variant."""
-        buffers: dict[int, tuple[Rendered, list[Envelope]]] = {}
+        buffers: dict[int, tuple[Rendered, list[tuple]]] = {}  # the page rows themselves: no object per recipient
         variants: dict[str, Rendered | None] = {}  # raw topics JSON -> variant: no JSON decode per row
         received = self.store.already_received(issue_id)  # only readers who changed audience: few
         size = self.messenger.batch_size
-        for rows in self.store.pending_batches(issue_id, size, id_range):
+        for rows in self.store.pending_batches(issue_id, size, id_range, with_consent=self.require_consent):
             if self.should_stop():
                 raise _Halted()
             skipped_inactive, skipped_topics, skipped_consent = [], [], []
-            for delivery_id, sid, email, name, raw_topics, status, consented in rows:
+            for row in rows:
+                delivery_id, sid, _, _, raw_topics, status, consented = row
                 if status != "active":  # unsubscribed, bounced or removed since planning
                     skipped_inactive.append(delivery_id)
                     continue
@@ -221,7 +223,7 @@ class Dispatcher:
                     continue
                 key = id(rendered)
                 buffer = buffers.setdefault(key, (rendered, []))[1]
-                buffer.append(self.make_envelope(delivery_id, sid, email, name or ""))
+                buffer.append(row)
                 if len(buffer) >= size:
                     self._flush(*buffers.pop(key), tally)
             self.store.mark_deliveries(skipped_inactive, "skipped", error="subscriber no longer active", expect="pending")
@@ -231,21 +233,23 @@ class Dispatcher:
             skipped = len(skipped_inactive) + len(skipped_topics) + len(skipped_consent)
             tally.skipped += skipped
             self.on_progress(skipped)
-        for rendered, envelopes in buffers.values():
-            self._flush(rendered, envelopes, tally)
+        for rendered, buffered in buffers.values():
+            self._flush(rendered, buffered, tally)
 
-    def _flush(self, rendered: Rendered, envelopes: list[Envelope], tally: Tally) -> None:
+    def _flush(self, rendered: Rendered, rows: list[tuple], tally: Tally) -> None:
+        """Claim the rows (delivery id, subscriber id, email, name, ...), sign what was claimed, send, record."""
         if self.should_stop():
             raise _Halted()
-        self.limiter.wait(len(envelopes))
-        claimed = self.store.claim_for_sending([e.delivery_id for e in envelopes], uuid.uuid4().hex[:12],
-                                               self.processor)
-        if len(claimed) < len(envelopes):
-            tally.skipped += len(envelopes) - len(claimed)
-            envelopes = [e for e in envelopes if e.delivery_id in claimed]
-            if not envelopes:
+        self.limiter.wait(len(rows))
+        ids = [row[0] for row in rows]
+        claimed = self.store.claim_for_sending(ids, uuid.uuid4().hex[:12], self.processor)
+        if len(claimed) < len(rows):
+            tally.skipped += len(rows) - len(claimed)
+            rows = [row for row in rows if row[0] in claimed]
+            if not rows:
                 return
-        ids = [e.delivery_id for e in envelopes]
+            ids = [row[0] for row in rows]
+        envelopes = Recipients.signed(rows, self.tokens.link_tokens, self.unsubscribe_base)
         try:
             started = time.perf_counter()
             outcomes = self.messenger.send(rendered, envelopes)

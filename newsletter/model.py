@@ -125,6 +125,69 @@ class Envelope:
     unsubscribe_url: str
 
 
+class Recipients(Sequence):
+    """One batch's recipients as columns: delivery and subscriber ids, addresses, names, each placeholder's
+    values (PLACEHOLDERS order) and the unsubscribe links.
+
+    Held as columns because the dispatcher makes a thousand at a time and a million a run: a few list
+    builds per batch instead of an Envelope and a values dict per recipient, which were most of what the
+    whole run's floor (bench_run_floor) does without. The SendGrid writer takes the columns as they are; a
+    messenger that writes one message each (SMTP, Maildir) indexes or iterates and gets Envelopes, made
+    on demand."""
+
+    __slots__ = ("delivery_ids", "subscriber_ids", "emails", "names", "values", "unsubscribe_urls")
+
+    def __init__(self, delivery_ids: list[int], subscriber_ids: list[int], emails: list[str], names: list[str],
+                 values: list[list[str]], unsubscribe_urls: list[str]):
+        self.delivery_ids, self.subscriber_ids, self.emails, self.names = delivery_ids, subscriber_ids, emails, names
+        self.values, self.unsubscribe_urls = values, unsubscribe_urls
+
+    @classmethod
+    def signed(cls, rows: Sequence[Sequence], link_tokens: Callable[[int], tuple[str, str]],
+               unsubscribe_base: str) -> "Recipients":
+        """From rows that start (delivery id, subscriber id, email, name or None): the two link tokens and
+        the greeting made a column at a time; what Dispatcher.make_envelope makes for each (tests compare)."""
+        if not rows:
+            return cls([], [], [], [], [[] for _ in PLACEHOLDERS], [])
+        ids, sids, emails, names = (list(column) for column in list(zip(*rows))[:4])
+        names = [name or "" for name in names]
+        utoks, ptoks = (list(column) for column in zip(*map(link_tokens, sids)))
+        greetings = list(map(greeting, names))
+        return cls(ids, sids, emails, names, [utoks, ptoks, [g[0] for g in greetings], [g[1] for g in greetings]],
+                   [unsubscribe_base + utok for utok in utoks])
+
+    @classmethod
+    def of(cls, envelopes: Sequence[Envelope]) -> "Recipients":
+        """Columns for any sequence of Envelopes (itself when it already is one)."""
+        if isinstance(envelopes, Recipients):
+            return envelopes
+        envelopes = list(envelopes)
+        return cls([e.delivery_id for e in envelopes], [e.subscriber_id for e in envelopes],
+                   [e.email for e in envelopes], [e.name for e in envelopes],
+                   [[e.values[key] for e in envelopes] for key in PLACEHOLDERS],
+                   [e.unsubscribe_url for e in envelopes])
+
+    def at(self, positions: Sequence[int]) -> "Recipients":
+        """The recipients at those positions, in that order."""
+        def pick(column: list) -> list:
+            return [column[i] for i in positions]
+        return Recipients(pick(self.delivery_ids), pick(self.subscriber_ids), pick(self.emails), pick(self.names),
+                          [pick(column) for column in self.values], pick(self.unsubscribe_urls))
+
+    def __len__(self) -> int:
+        return len(self.delivery_ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.at(range(len(self))[index])
+        return Envelope(self.delivery_ids[index], self.subscriber_ids[index], self.emails[index], self.names[index],
+                        {key: column[index] for key, column in zip(PLACEHOLDERS, self.values)},
+                        self.unsubscribe_urls[index])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass
 class Outcome:
     #: sent; failed (refused for good); unknown (no answer after the message went out); deferred (a

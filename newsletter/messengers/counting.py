@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..model import Envelope, Notice, Outcome, Rendered
+from ..model import Envelope, Notice, Outcome, Recipients, Rendered
 
 
 class CountingMessenger:
@@ -19,7 +19,7 @@ class CountingMessenger:
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
         self.requests += 1
         self.recipients += len(envelopes)
-        return [Outcome("sent", [e.delivery_id for e in envelopes], provider_id=f"count-{self.requests}")]
+        return [Outcome("sent", list(Recipients.of(envelopes).delivery_ids), provider_id=f"count-{self.requests}")]
 
     def send_notice(self, notice: Notice) -> Outcome:
         self.notices.append(notice)

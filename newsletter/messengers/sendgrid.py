@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 from json.encoder import encode_basestring_ascii as _q  # C-accelerated
-from operator import attrgetter, itemgetter
 import random
 import time
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from typing import Any, Callable, Sequence
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 
-from ..model import (PLACEHOLDERS, Envelope, FatalSendError, Notice, Outcome, Rendered, Sender, list_code,
-                     stop_mid_batch)
+from ..model import (PLACEHOLDERS, Envelope, FatalSendError, Notice, Outcome, Recipients, Rendered, Sender,
+                     list_code, stop_mid_batch)
 from .keepalive import KeepAlive, NotSent
 from .mime import header_text
 
@@ -35,15 +34,12 @@ JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 MAIL_SEND = "/v3/mail/send"
 
 
-def _check(envelopes: Sequence[Envelope]) -> list[str]:
-    """The request's addresses, once it is known to hold 1..1000 of them, no two alike (SendGrid compares
-    addresses without case)."""
-    if not envelopes or len(envelopes) > MAX_PERSONALIZATIONS:
-        raise ValueError(f"personalizations: need 1..{MAX_PERSONALIZATIONS}, got {len(envelopes)}")
-    emails = list(map(attrgetter("email"), envelopes))
+def _check(emails: list[str]) -> None:
+    """A request holds 1..1000 addresses, no two alike (SendGrid compares addresses without case)."""
+    if not emails or len(emails) > MAX_PERSONALIZATIONS:
+        raise ValueError(f"personalizations: need 1..{MAX_PERSONALIZATIONS}, got {len(emails)}")
     if len(set(map(str.lower, emails))) != len(emails):
         raise ValueError("personalizations: an address appears twice in one request")
-    return emails
 
 
 @dataclass(frozen=True)
@@ -92,7 +88,8 @@ def _common(rendered: Rendered, sender: Sender, asm_group_id: int, sandbox: bool
 def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender, *,
                   asm_group_id: int = 0, sandbox: bool = False, privacy: Privacy = NO_TRACKING) -> dict[str, Any]:
     """The v3 mail/send body as a dict: the reference that tests assert on."""
-    _check(envelopes)
+    envelopes = list(envelopes)
+    _check([env.email for env in envelopes])
     issue_id = str(rendered.issue_id)
     personalizations = []
     for env in envelopes:
@@ -112,9 +109,6 @@ def build_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sen
 #: _MARKED and every other byte to itself: translating ASCII text changes it only if it holds one of them.
 _ESCAPED = bytes(range(32)) + b'"\\\x7f'
 _MARKED = bytes(b ^ 1 if b in _ESCAPED else b for b in range(256))
-_EMAIL, _NAME, _VALUES, _URL = (attrgetter(a) for a in ("email", "name", "values", "unsubscribe_url"))
-_SUBSCRIBER, _DELIVERY = attrgetter("subscriber_id"), attrgetter("delivery_id")
-_VALUE = [itemgetter(key) for key in PLACEHOLDERS]
 
 
 def _json_text(strings: list[str]) -> list[str]:
@@ -146,16 +140,16 @@ def encode_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Se
                    asm_group_id: int = 0, sandbox: bool = False, privacy: Privacy = NO_TRACKING) -> str:
     """Byte for byte json.dumps(build_payload(...), separators=(",", ":")), written directly.
 
-    The recipients' strings are taken a column at a time (all the addresses, all the names...), each
-    column made JSON text as a whole where it can be (_json_text), and dealt into one list of pieces, the
-    fixed text between them already in place, by slice assignment; one join writes the body. All of it in
-    C: no per-recipient dict, `%`, tuple or Python call. The shared part (whatever `_common` returns, with
-    the whole HTML) is encoded once per variant. This is the hot path of a million-recipient send."""
-    emails = _check(envelopes)
-    values = list(map(_VALUES, envelopes))
-    return column_body(rendered.issue_id, emails, list(map(_NAME, envelopes)),
-                       [list(map(get, values)) for get in _VALUE], map(_SUBSCRIBER, envelopes),
-                       map(_DELIVERY, envelopes), list(map(_URL, envelopes)),
+    The recipients' strings are taken a column at a time (all the addresses, all the names...: Recipients,
+    which the dispatcher makes as columns), each column made JSON text as a whole where it can be
+    (_json_text), and dealt into one list of pieces, the fixed text between them already in place, by slice
+    assignment; one join writes the body. All of it in C: no per-recipient dict, `%`, tuple or Python call.
+    The shared part (whatever `_common` returns, with the whole HTML) is encoded once per variant. This is
+    the hot path of a million-recipient send."""
+    batch = Recipients.of(envelopes)
+    _check(batch.emails)
+    return column_body(rendered.issue_id, batch.emails, batch.names, batch.values, batch.subscriber_ids,
+                       batch.delivery_ids, batch.unsubscribe_urls,
                        _common_json(rendered, sender, asm_group_id, sandbox, privacy))
 
 
@@ -214,23 +208,23 @@ def notice_payload(notice: Notice, sender: Sender, *, sandbox: bool = False) -> 
     return payload
 
 
-def split_requests(envelopes: Sequence[Envelope]) -> list[list[Envelope]]:
+def split_requests(envelopes: Sequence[Envelope]) -> list[Recipients]:
     """Requests of at most 1000 personalizations in which no address appears twice (case aside)."""
-    if 0 < len(envelopes) <= MAX_PERSONALIZATIONS and \
-            len(set(map(str.lower, map(_EMAIL, envelopes)))) == len(envelopes):
-        return [list(envelopes)]  # the usual batch, checked in C: one request as it is
-    chunks: list[tuple[list[Envelope], set[str]]] = []
-    for env in envelopes:
-        key = env.email.lower()
+    batch = Recipients.of(envelopes)
+    if 0 < len(batch) <= MAX_PERSONALIZATIONS and len(set(map(str.lower, batch.emails))) == len(batch):
+        return [batch]  # the usual batch, checked in C: one request as it is
+    chunks: list[tuple[list[int], set[str]]] = []
+    for position, email in enumerate(batch.emails):
+        key = email.lower()
         for chunk, seen in chunks:
             if len(chunk) < MAX_PERSONALIZATIONS and key not in seen:
                 break
         else:
             chunk, seen = [], set()
             chunks.append((chunk, seen))
-        chunk.append(env)
+        chunk.append(position)
         seen.add(key)
-    return [chunk for chunk, _ in chunks]
+    return [batch.at(chunk) for chunk, _ in chunks]
 
 
 def describe_error(exc: http_errors.HTTPError) -> str:
@@ -286,15 +280,15 @@ class SendGridMessenger:
             payload = encode_payload(rendered, chunk, self.sender, asm_group_id=self.asm_group_id,
                                      sandbox=self.sandbox, privacy=self.privacy)
             try:
-                outcome = self.post(payload, [e.delivery_id for e in chunk])
+                outcome = self.post(payload, chunk.delivery_ids)
             except FatalSendError as exc:
-                outcomes.append(stop_mid_batch(exc, outcomes, (e.delivery_id for c in chunks[index:] for e in c)))
+                outcomes.append(stop_mid_batch(exc, outcomes, (i for c in chunks[index:] for i in c.delivery_ids)))
                 self.fatal = exc
                 break
             outcomes.append(outcome)
             if outcome.status == "deferred" and index + 1 < len(chunks):
                 # SendGrid could not take a request after every retry: the rest goes back untried.
-                outcomes.append(Outcome("pending", [e.delivery_id for c in chunks[index + 1:] for e in c],
+                outcomes.append(Outcome("pending", [i for c in chunks[index + 1:] for i in c.delivery_ids],
                                         error=outcome.error))
                 break
         return outcomes

@@ -148,14 +148,17 @@ class Ledger(Tables):
                 conn.execute("UPDATE issues SET status = 'sending' WHERE id = ? AND status = 'sent'", (issue_id,))
         return {"interrupted": interrupted, "retried": retried}
 
-    def pending_batches(self, issue_id: int, size: int,
-                        id_range: tuple[int, int] | None = None) -> Iterator[list[tuple]]:
+    def pending_batches(self, issue_id: int, size: int, id_range: tuple[int, int] | None = None, *,
+                        with_consent: bool = True) -> Iterator[list[tuple]]:
         """Stream pending deliveries with their subscriber, by keyset pages: never all in memory.
 
         Each row a plain tuple (delivery_id, subscriber_id, email, name, topics, status, consented): this runs
         once per recipient. Pages walk the issue's id range on the rowid (the unary `+` keeps SQLite there).
         With `id_range` (first, last delivery id, both included) only that part of the issue: a worker's share.
+        Without `with_consent` (a backend that does not ask for it) `consented` is 1, looked up for nobody.
         """
+        consented = ("EXISTS (SELECT 1 FROM consent_records c WHERE c.subscriber_id = d.subscriber_id)"
+                     if with_consent else "1")
         first, last, _ = issue_span(self.conn, issue_id)
         if id_range:
             first, last = max(first, id_range[0]), min(last, id_range[1])
@@ -163,9 +166,8 @@ class Ledger(Tables):
         cursor = self.conn.cursor()
         cursor.row_factory = None
         while True:
-            rows = cursor.execute("""
-                SELECT d.id, d.subscriber_id, s.email, s.name, s.topics, s.status,
-                       EXISTS (SELECT 1 FROM consent_records c WHERE c.subscriber_id = d.subscriber_id)
+            rows = cursor.execute(f"""
+                SELECT d.id, d.subscriber_id, s.email, s.name, s.topics, s.status, {consented}
                 FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
                 WHERE d.id > ? AND d.id <= ? AND +d.issue_id = ? AND +d.status = 'pending'
                 ORDER BY d.id LIMIT ?""", (after, last, issue_id, size)).fetchall()
