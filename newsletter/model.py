@@ -304,7 +304,8 @@ class Messenger(Protocol):
     name: str
     batch_size: int
 
-    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
+    def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        """`envelopes`: from the dispatcher a Recipients (columns; Envelopes when indexed or iterated)."""
 
     def send_notice(self, notice: Notice) -> Outcome: ...
 
