@@ -112,12 +112,14 @@ def run_case(n: int, messenger_name: str, workdir: Path, smtp_server: str = "aio
     if messenger_name not in MESSENGERS:
         raise ValueError(f"messenger: unknown {messenger_name!r} (use {', '.join(MESSENGERS)})")
     started_setup = time.perf_counter()
-    settings = {"postal_address": "Bench, 1 Example Street", "require_approval": "no",
+    # backend sendgrid: every case sends as a real backend does, only to readers whose consent is on record
+    # (each has one), whichever messenger the case measures
+    settings = {"postal_address": "Bench, 1 Example Street", "require_approval": "no", "backend": "sendgrid",
                 "site_url": "https://digest.example.org"}
     env = {**os.environ, "NEWSLETTER_SECRET": "bench-secret"}
     result = bootstrap.init(workdir, settings, env=env)
     ctx = Context(load_config(result.config_path, env=env))
-    ctx.store.bulk_add_subscribers(subscriber_rows(n))
+    ctx.store.bulk_add_subscribers(subscriber_rows(n), consent_basis="bench")
     ctx.store.upsert_summaries(recent_summaries())
     sender = Sender("digest@example.org", "MS Research Digest", site_url=ctx.config.site_url)
     sink, relay, server, port, options = None, None, "", 0, None

@@ -139,6 +139,10 @@ class Recipients(Sequence):
 
     def __init__(self, delivery_ids: list[int], subscriber_ids: list[int], emails: list[str], names: list[str],
                  values: list[list[str]], unsubscribe_urls: list[str]):
+        count = len(delivery_ids)
+        if len(values) != len(PLACEHOLDERS) or any(len(column) != count for column in
+                                                   (subscriber_ids, emails, names, unsubscribe_urls, *values)):
+            raise ValueError(f"recipients: {len(PLACEHOLDERS)} value columns and every column {count} long")
         self.delivery_ids, self.subscriber_ids, self.emails, self.names = delivery_ids, subscriber_ids, emails, names
         self.values, self.unsubscribe_urls = values, unsubscribe_urls
 
@@ -305,7 +309,8 @@ class Messenger(Protocol):
     batch_size: int
 
     def send(self, rendered: Rendered, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        """`envelopes`: from the dispatcher a Recipients (columns; Envelopes when indexed or iterated)."""
+        """`envelopes`: any Sequence[Envelope]; from the dispatcher a Recipients (columns; Envelopes when
+        indexed or iterated), from a welcome or a test send a list."""
 
     def send_notice(self, notice: Notice) -> Outcome: ...
 

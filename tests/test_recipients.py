@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, strategies as st
 
 from newsletter.dispatch import Dispatcher
@@ -48,6 +49,23 @@ def test_the_body_from_columns_is_the_body_from_envelopes(batch_rows):
     assert body == encode_payload(RENDERED, envelopes, SENDER)
     assert json.loads(body) == build_payload(RENDERED, envelopes, SENDER)
     assert [list(chunk) for chunk in split_requests(batch)] == [envelopes]
+
+
+def test_one_address_twice_in_another_case_goes_in_two_requests():
+    batch = Recipients.signed([(1, 11, "Ann@example.org", "Ann"), (2, 12, "b@example.org", None),
+                               (3, 13, "ann@EXAMPLE.org", "Ann again")], TOKENS.link_tokens, "https://x/u/")
+    chunks = split_requests(batch)
+    assert [chunk.delivery_ids for chunk in chunks] == [[1, 2], [3]]
+    assert [list(chunk) for chunk in chunks] == [[batch[0], batch[1]], [batch[2]]]
+
+
+def test_columns_that_do_not_line_up_are_refused():
+    good = Recipients.signed([(1, 11, "a@example.org", "A")], TOKENS.link_tokens, "https://x/u/")
+    with pytest.raises(ValueError, match="value columns"):
+        Recipients(good.delivery_ids, good.subscriber_ids, good.emails, good.names, good.values[:3],
+                   good.unsubscribe_urls)
+    with pytest.raises(ValueError, match="value columns"):
+        Recipients(good.delivery_ids, good.subscriber_ids, good.emails, [], good.values, good.unsubscribe_urls)
 
 
 def test_an_empty_batch_has_every_column_and_nothing_in_them():

@@ -59,8 +59,21 @@ def test_a_build_that_cannot_get_the_lock_fails_and_a_send_only_run_steps_aside(
     assert loaded.store.issues() == []
 
 
+class RecordingMessenger(CountingMessenger):
+    """Counts, and keeps whom each batch was for."""
+
+    def __init__(self):
+        super().__init__()
+        self.subscriber_ids: list[int] = []
+
+    def send(self, rendered, envelopes):
+        self.subscriber_ids += [env.subscriber_id for env in envelopes]
+        return super().send(rendered, envelopes)
+
+
 def test_someone_who_unsubscribes_while_their_message_is_buffered_is_skipped(loaded):
-    runner = runner_for(loaded, CountingMessenger())
+    messenger = RecordingMessenger()
+    runner = runner_for(loaded, messenger)
     leaving = loaded.store.subscribers(segment="patients", status="active")[0]
     original = runner.variant_renderer
 
@@ -77,6 +90,9 @@ def test_someone_who_unsubscribes_while_their_message_is_buffered_is_skipped(loa
     runner.run("weekly", SAMPLE_NOW)
     [row] = [d for d in loaded.store.deliveries() if d["subscriber_id"] == leaving["id"]]
     assert row["status"] == "skipped" and "no longer active" in row["error"]
+    # the claim left them out, so the batch the messenger got did too; everyone else in it went
+    sent = {d["subscriber_id"] for d in loaded.store.deliveries() if d["status"] == "sent"}
+    assert leaving["id"] not in messenger.subscriber_ids and sorted(messenger.subscriber_ids) == sorted(sent)
 
 
 def test_claim_for_sending_only_claims_active_subscribers(loaded):

@@ -1,7 +1,8 @@
 """Messengers: the only code that touches the network or the outbox.
 
-Each takes one rendered variant and a batch of envelopes (from the dispatcher,
-model.Recipients: columns, whose items are Envelopes) and says, per envelope, whether the provider accepted it (sent), refused it for good (failed),
+Each takes one rendered variant and a batch of envelopes (any sequence of
+them; from the dispatcher a model.Recipients, columns whose items are
+Envelopes) and says, per envelope, whether the provider accepted it (sent), refused it for good (failed),
 could not take it for now (deferred: a transient failure before the message was
 handed over), or whether the answer was lost after it went out (unknown). None
 touches the database; the dispatcher records what they report. They import

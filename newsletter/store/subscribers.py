@@ -49,17 +49,24 @@ class Subscribers(Tables):
             del counts["consents"]
         return counts
 
-    def bulk_add_subscribers(self, rows: Iterable[tuple[str, str, str, str, str]], chunk: int = 10_000) -> int:
-        """Fast path for the benchmark: (email, name, segment, cadence, topics_json) rows, active, streamed."""
+    def bulk_add_subscribers(self, rows: Iterable[tuple[str, str, str, str, str]], chunk: int = 10_000,
+                             consent_basis: str = "") -> int:
+        """Fast path for the benchmark: (email, name, segment, cadence, topics_json) rows, active, streamed;
+        with `consent_basis`, each with a consent record (method `import`) as a real backend requires."""
         now = now_iso()
         total = 0
         batch: list[tuple] = []
 
         def flush() -> None:
             with self.transaction() as conn:
+                before = conn.execute("SELECT COALESCE(MAX(id), 0) FROM subscribers").fetchone()[0]
                 conn.executemany("""INSERT INTO subscribers (email, name, segment, cadence, topics, status,
                                     created_at, updated_at, confirmed_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?)""",
                                  batch)
+                if consent_basis:
+                    conn.execute("""INSERT INTO consent_records (subscriber_id, method, basis, recorded_at)
+                                    SELECT id, 'import', ?, ? FROM subscribers WHERE id > ?""",
+                                 (consent_basis, now, before))
 
         for row in rows:
             batch.append((*row, now, now, now))
