@@ -159,7 +159,8 @@ def test_relay_stopped_mid_send_then_back_every_reader_gets_exactly_one(make_sit
     handed = handed_over(postfix_relay)
     assert set(handed) <= set(status_of)
     twice = {e: ids for e, ids in handed.items() if len(ids) > 1}
-    assert not twice, f"handed over to the relay twice: {twice}"
+    said = [line for line in postfix_relay.log().splitlines() if any(i in line for ids in twice.values() for i in ids)]
+    assert not twice, f"handed over to the relay twice: {twice}; what the relay logged of them:\n" + "\n".join(said)
     queued_as = {r["email"]: (r["provider_id"] or "").rsplit(" ", 1)[-1] for r in rows if r["status"] == "sent"}
     assert all(handed.get(e) == {queued_as[e]} for e in sent), "a reader marked sent has no message of that id"
     assert len(handed) in (len(sent), len(sent) + len(unknown))
