@@ -291,3 +291,17 @@ def test_help_needs_no_config(tmp_path, runner, monkeypatch):
     assert result.exit_code == 0
     for name in ("demo", "init", "summaries", "subscribers", "digest", "preview"):
         assert name in result.stdout
+
+
+def test_a_command_that_renders_nothing_never_loads_the_render_stack(tmp_path):
+    """The top group imports each command's module when it runs (cli/__init__.py), and a failure's classes when
+    one is raised (common.expected_errors): `subscribers import` leaves the render stack's memory to its cache."""
+    import subprocess
+    import sys
+    code = ("import sys; from newsletter.cli import cli\n"
+            "try:\n    cli.main(['subscribers', 'import', '--help'], standalone_mode=False)\n"
+            "finally:\n    print(sorted(m for m in ('newsletter.render', 'premailer', 'mjml', 'jinja2', "
+            "'newsletter.digest', 'newsletter.web', 'sendgrid') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"

@@ -19,9 +19,10 @@ STOP_TOKENS = {"|", "||", "&&", ";", ">", ">>", "2>", "<", "\\"}
 
 def walk(command: click.Command = cli, path: tuple[str, ...] = ()):
     yield path, command
-    if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
-            yield from walk(sub, path + (name,))
+    if isinstance(command, click.Group):  # through click's own lookup: the top group loads commands lazily
+        context = click.Context(command)
+        for name in sorted(command.list_commands(context)):
+            yield from walk(command.get_command(context, name), path + (name,))
 
 
 COMMANDS = list(walk())

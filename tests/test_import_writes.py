@@ -155,3 +155,20 @@ def test_an_import_writes_each_address_once_and_names_the_line_of_the_first(stor
     assert sorted(counts.pop("duplicates")) == expected_duplicates
     assert counts == reference_upsert(reference, unique(recs), consent=True)
     assert state(chunked) == state(reference)
+
+
+def test_an_import_takes_its_larger_page_cache_only_while_it_runs(tmp_path):
+    from newsletter.store.subscriber_import import IMPORT_CACHE_KIB
+    store = Store(tmp_path / "cache.db", create=True, secret=SECRET)
+    before = store.conn.execute("PRAGMA cache_size").fetchone()[0]
+    during = []
+
+    def records():
+        for line in (2, 3):
+            during.append(store.conn.execute("PRAGMA cache_size").fetchone()[0])
+            yield {"line": line, "email": f"r{line}@example.org", "segment": "patients"}
+
+    store.import_subscribers(records())
+    assert during == [-IMPORT_CACHE_KIB] * 2 and before != -IMPORT_CACHE_KIB
+    assert store.conn.execute("PRAGMA cache_size").fetchone()[0] == before
+    assert len(store.subscribers()) == 2
