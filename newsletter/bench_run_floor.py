@@ -9,7 +9,7 @@ recipient; bodies that are valid SendGrid requests, posted over one keep-alive c
 no retry or breaker bookkeeping, no progress callbacks. It runs the same statements the store does on the
 bench's scratch database (the only SQL outside newsletter/store/, named in tests/test_architecture.py).
 Selection and rendering are the real ones (a fixed cost, about 0.3 s), and so are signing a batch a column at
-a time (Recipients.signed) and writing its body (column_body): both are the cheapest ways found, so the ratio
+a time (Recipients.signed) and writing its body (encode_payload): both are the cheapest ways found, so the ratio
 to this floor measures what surrounds them, the dispatcher, the store and the messenger's transport."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 from .digest import DigestRunner
-from .messengers.sendgrid import NO_TRACKING, _common_json, column_body
+from .messengers.sendgrid import encode_payload
 from .model import Recipients, Sender
 from .tokens import Tokens
 
@@ -34,14 +34,11 @@ def iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds))
 
 
-def request_body(issue_id: int, rendered: Any, rows: list[tuple], tokens: Tokens, sender: Sender,
+def request_body(rendered: Any, rows: list[tuple], tokens: Tokens, sender: Sender,
                  unsubscribe_base: str) -> str:
-    """One SendGrid request for (delivery id, subscriber id, email, name) rows: the two tokens and the greeting
-    made a column at a time (Recipients.signed, as the dispatcher does), written by encode_payload's own
-    column writer."""
-    batch = Recipients.signed(rows, tokens.link_tokens, unsubscribe_base)
-    return column_body(issue_id, batch.emails, batch.names, batch.values, batch.subscriber_ids, batch.delivery_ids,
-                       batch.unsubscribe_urls, _common_json(rendered, sender, 0, False, NO_TRACKING))
+    """One SendGrid request for rows that start (delivery id, subscriber id, email, name): signed a column at a
+    time (Recipients.signed, as the dispatcher does) and written by encode_payload."""
+    return encode_payload(rendered, Recipients.signed(rows, tokens.link_tokens, unsubscribe_base), sender)
 
 
 def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int, Any], tokens: Tokens,
@@ -76,7 +73,7 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
                   WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
                   AND (SELECT status FROM subscribers s WHERE s.id = deliveries.subscriber_id) = 'active'""",
                (now, id_list)))
-        body = request_body(issue_id, rendered, rows, tokens, sender, unsubscribe_base).encode()
+        body = request_body(rendered, rows, tokens, sender, unsubscribe_base).encode()
         http_conn.request("POST", "/v3/mail/send", body, {"Content-Type": "application/json",
                                                           "Authorization": "Bearer SG.bench"})
         answer = http_conn.getresponse()

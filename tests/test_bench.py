@@ -126,7 +126,7 @@ def test_the_run_floor_writes_the_messengers_own_bodies():
             utok = tokens.sign("unsubscribe", sid)
             envelopes.append(Envelope(did, sid, email, name,
                                       recipient_values(utok, tokens.sign("preferences", sid), name), base + utok))
-        assert request_body(7, rendered, rows, tokens, sender, base) == encode_payload(rendered, envelopes, sender)
+        assert request_body(rendered, rows, tokens, sender, base) == encode_payload(rendered, envelopes, sender)
 
     same()
 
