@@ -64,7 +64,7 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
         return ("INSERT INTO delivery_batches (name, provider_id, first_id, last_id) VALUES (?, ?, ?, ?)",
                 (name, provider_id, ids[0], ids[-1]))
 
-    def flush(issue_id: int, rendered: Any, rows: list[tuple]) -> None:
+    def flush(rendered: Any, rows: list[tuple]) -> None:
         ids = [row[0] for row in rows]
         id_list = json.dumps(ids)
         now = int(time.time())
@@ -126,9 +126,9 @@ def floor_send(db_path: str, issues: list[dict[str, Any]], variant_for: dict[int
                     buffer = buffers.setdefault(id(rendered), (rendered, []))[1]
                     buffer.append(row)
                     if len(buffer) >= BATCH:
-                        flush(issue["id"], *buffers.pop(id(rendered)))
+                        flush(*buffers.pop(id(rendered)))
             for rendered, rows in buffers.values():
-                flush(issue["id"], rendered, rows)
+                flush(rendered, rows)
             write("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?",
                   (iso(time.time()), issue["id"]))
     finally:

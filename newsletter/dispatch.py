@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from .model import (Envelope, FatalSendError, Messenger, Recipients, Rendered, VariantFor, recipient_values,
                     retry_delay)
-from .store import Ledger
+from .store import NO_LONGER_ACTIVE, Ledger
 from .tokens import Tokens
 
 
@@ -118,7 +118,8 @@ class Dispatcher:
                  retry_deferred_days: float = 3.0, require_consent: bool = False,
                  should_stop: Callable[[], bool] | None = None):
         self.store, self.messenger, self.tokens = store, messenger, tokens
-        self.processor = processor_of(messenger)  # noted per issue with each claim (the data download)
+        self.processor = processor_of(messenger)  # noted per issue with its first claim (the data download)
+        self.noted: set[int] = set()  # issues whose processor this dispatcher has noted
         self.should_stop = should_stop or (lambda: False)  # checked before each page and each claim
         self.require_consent = require_consent  # the real backends send only to people with a consent record
         self.retry_for = retry_deferred_days * 86400
@@ -226,7 +227,7 @@ class Dispatcher:
                 buffer.append(row)
                 if len(buffer) >= size:
                     self._flush(*buffers.pop(key), tally)
-            self.store.mark_deliveries(skipped_inactive, "skipped", error="subscriber no longer active", expect="pending")
+            self.store.mark_deliveries(skipped_inactive, "skipped", error=NO_LONGER_ACTIVE, expect="pending")
             self.store.mark_deliveries(skipped_topics, "skipped", expect="pending",
                                        error="no summaries left: none match the topics, or all came in another digest")
             self.store.mark_deliveries(skipped_consent, "skipped", error=NO_CONSENT, expect="pending")
@@ -242,7 +243,10 @@ class Dispatcher:
             raise _Halted()
         self.limiter.wait(len(rows))
         ids = [row[0] for row in rows]
-        claimed = self.store.claim_for_sending(ids, uuid.uuid4().hex[:12], self.processor)
+        issue_id = rendered.issue_id  # once per issue is enough: the note is INSERT OR IGNORE
+        claimed = self.store.claim_for_sending(ids, uuid.uuid4().hex[:12],
+                                               "" if issue_id in self.noted else self.processor)
+        self.noted.add(issue_id)
         if len(claimed) < len(rows):
             tally.skipped += len(rows) - len(claimed)
             rows = [row for row in rows if row[0] in claimed]

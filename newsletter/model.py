@@ -30,7 +30,8 @@ PREFS_TOKEN = "-nl-ptok-"
 GREETING_HTML = "-nl-hgreet-"
 GREETING_TEXT = "-nl-tgreet-"
 PLACEHOLDERS = (UNSUB_TOKEN, PREFS_TOKEN, GREETING_HTML, GREETING_TEXT)
-_PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(key) for key in PLACEHOLDERS) + ")")
+#: Splits a text at its placeholders, keeping them: they are the odd pieces (fill_placeholders).
+PLACEHOLDER_SPLIT = re.compile("(" + "|".join(re.escape(key) for key in PLACEHOLDERS) + ")")
 #: Every placeholder starts "-nl-": a hyphen that would start "nl-" is what content must never leave.
 _PLACEHOLDER_START = re.compile(r"-(?=nl-)")
 
@@ -84,13 +85,13 @@ class Rendered:
 
         Each part is split at its placeholders once (and again only if the part is replaced), so a
         recipient costs one join per part instead of a scan per placeholder."""
-        return _fill(self._pieces("html"), values), _fill(self._pieces("text"), values)
+        return fill_placeholders(self._pieces("html"), values), fill_placeholders(self._pieces("text"), values)
 
     def _pieces(self, part: str) -> list[str]:
         content = getattr(self, part)
         cached = self._split.get(part)
         if cached is None or cached[0] is not content:
-            cached = self._split[part] = (content, _PLACEHOLDER_RE.split(content))
+            cached = self._split[part] = (content, PLACEHOLDER_SPLIT.split(content))
         return cached[1]
 
 
@@ -98,7 +99,7 @@ class Rendered:
 VariantFor = Callable[..., "Rendered | None"]
 
 
-def _fill(pieces: list[str], values: Mapping[str, str]) -> str:
+def fill_placeholders(pieces: list[str], values: Mapping[str, str]) -> str:
     """Odd positions of a placeholder split are the placeholders themselves."""
     return "".join(values[piece] if i % 2 else piece for i, piece in enumerate(pieces))
 

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import mjml
 
-from .dispatch import Dispatcher, processor_of, requires_consent
+from .dispatch import Dispatcher, requires_consent
 from .messengers import messenger_from_config
 from .model import (GREETING_HTML, GREETING_TEXT, PREFS_TOKEN, UNSUB_TOKEN, FatalSendError, Messenger, Outcome,
                     Rendered, neutralise_html, neutralise_text)
@@ -34,6 +34,7 @@ from .render.content import plain_text
 from .render.footer import check_footer
 from .render.pipeline import finish, fresh_markers
 from .segments import Segment
+from .store import NO_LONGER_ACTIVE
 from .select import Period
 from .tokens import Tokens
 
@@ -126,8 +127,8 @@ def send_welcome(ctx: Any, subscriber_id: int, *, tokens: Tokens | None = None, 
     try:
         dispatcher = Dispatcher(store, messenger, tokens or Tokens(config.require_secret()), config.site_url,
                                 require_consent=requires_consent(config))
-        if not store.claim_for_sending([delivery_id], uuid.uuid4().hex[:12], processor_of(messenger)):
-            return Outcome("skipped", [delivery_id], error="subscriber no longer active")
+        if not store.claim_for_sending([delivery_id], uuid.uuid4().hex[:12], dispatcher.processor):
+            return Outcome("skipped", [delivery_id], error=NO_LONGER_ACTIVE)
         try:
             outcomes = messenger.send(rendered, [dispatcher.envelope(planned)])
         except FatalSendError as exc:  # nothing was handed over; no later run resends a welcome, so: failed

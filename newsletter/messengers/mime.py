@@ -34,7 +34,7 @@ from email.headerregistry import Address
 from email.utils import format_datetime
 from urllib.parse import urlsplit
 
-from ..model import PLACEHOLDERS, Envelope, Notice, Rendered, Sender
+from ..model import PLACEHOLDER_SPLIT, Envelope, Notice, Rendered, Sender, fill_placeholders
 
 POLICY = email.policy.SMTP.clone(linesep="\n")
 MAX_LINE = POLICY.max_line_length  # 78: RFC 5322's advised length; encoded words keep within it
@@ -46,7 +46,6 @@ _SPACES = re.compile(" {2,}")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ATOMS = re.compile(rf"({_ATEXT}( {_ATEXT})*)?")  # a display name headerregistry writes unquoted
 _DOT_ATOM = re.compile(rf"{_ATEXT}(\.{_ATEXT})*@{_ATEXT}(\.{_ATEXT})*")
-_PLACEHOLDER = re.compile("(" + "|".join(re.escape(key) for key in PLACEHOLDERS) + ")")
 CRLF = b"\r\n"
 _PART = 'Content-Type: text/{}; charset="utf-8"\nContent-Transfer-Encoding: quoted-printable\n'
 
@@ -187,7 +186,7 @@ class _Body:
         self.parts: list[bytes | list[str]] = []  # encoded once, or a placeholder split to fill and encode
         self.wire: list[bytes | None] = []  # the wire form of each encoded-once part
         spans: list[list[int]] = []
-        for match in _PLACEHOLDER.finditer(content):
+        for match in PLACEHOLDER_SPLIT.finditer(content):
             start = content.rfind("\n", 0, match.start()) + 1
             end = content.find("\n", match.end())
             end = len(content) if end < 0 else end + 1
@@ -199,7 +198,7 @@ class _Body:
         for start, end in spans:
             if start > at:
                 self._constant(_qp(content[at:start]))
-            self.parts.append(_PLACEHOLDER.split(content[start:end]))
+            self.parts.append(PLACEHOLDER_SPLIT.split(content[start:end]))
             self.wire.append(None)
             at = end
         if at < len(content) or not self.parts:
@@ -216,7 +215,7 @@ class _Body:
             if part_wire is not None:
                 out.append(part_wire if wire else part)  # type: ignore[arg-type]
                 continue
-            filled = "".join(values[piece] if i % 2 else piece for i, piece in enumerate(part))  # type: ignore
+            filled = fill_placeholders(part, values)  # type: ignore[arg-type]
             if "\r" in filled:
                 return None
             encoded = _qp(filled)

@@ -138,39 +138,35 @@ _END = '>","List-Unsubscribe-Post":"List-Unsubscribe=One-Click"}}'
 
 def encode_payload(rendered: Rendered, envelopes: Sequence[Envelope], sender: Sender, *,
                    asm_group_id: int = 0, sandbox: bool = False, privacy: Privacy = NO_TRACKING) -> str:
-    """Byte for byte json.dumps(build_payload(...), separators=(",", ":")), written directly.
+    """Byte for byte json.dumps(build_payload(...), separators=(",", ":")), written directly (_body), once the
+    request is known to be valid (_check)."""
+    batch = Recipients.of(envelopes)
+    _check(batch.emails)
+    return _body(rendered.issue_id, batch, _common_json(rendered, sender, asm_group_id, sandbox, privacy))
+
+
+def _body(issue_id: int, batch: Recipients, common: str) -> str:
+    """The request body from a checked batch and the shared part (`common`: whatever `_common` returns, with the
+    whole HTML, encoded once per variant).
 
     The recipients' strings are taken a column at a time (all the addresses, all the names...: Recipients,
     which the dispatcher makes as columns), each column made JSON text as a whole where it can be
     (_json_text), and dealt into one list of pieces, the fixed text between them already in place, by slice
     assignment; one join writes the body. All of it in C: no per-recipient dict, `%`, tuple or Python call.
-    The shared part (whatever `_common` returns, with the whole HTML) is encoded once per variant. This is
-    the hot path of a million-recipient send."""
-    batch = Recipients.of(envelopes)
-    _check(batch.emails)
-    return column_body(rendered.issue_id, batch.emails, batch.names, batch.values, batch.subscriber_ids,
-                       batch.delivery_ids, batch.unsubscribe_urls,
-                       _common_json(rendered, sender, asm_group_id, sandbox, privacy))
-
-
-def column_body(issue_id: int, emails: list[str], names: list[str], values: list[list[str]], subscriber_ids: Any,
-                delivery_ids: Any, unsubscribe_urls: list[str], common: str) -> str:
-    """The request body from its columns (values: one column per placeholder, in PLACEHOLDERS order) and the
-    shared part: each column made JSON text as a whole where it can be, dealt beside the fixed text by slice
-    assignment, one join (encode_payload, and the benchmark's floor, which has no Envelopes)."""
+    This is the hot path of a million-recipient send."""
     s1, s2, s3, s4 = _SUBSTITUTIONS
     row = ["," + _TO, "", "", s1, "", s2, "", s3, "", s4, "", _ARGS % _q(str(issue_id)), "",
            _DELIVERY_ARG, "", _HEADERS, "", _END]
     width = len(row)
-    pieces = row * len(emails)
+    pieces = row * len(batch)
     pieces[0] = '{"personalizations":[' + _TO
-    pieces[1::width] = _json_text(emails)
-    pieces[2::width] = [_WITH_NAME + name if name else "" for name in _json_text(names)]
-    for slot, column in zip((4, 6, 8, 10), values):
+    pieces[1::width] = _json_text(batch.emails)
+    pieces[2::width] = [_WITH_NAME + name if name else "" for name in _json_text(batch.names)]
+    for slot, column in zip((4, 6, 8, 10), batch.values):
         pieces[slot::width] = _json_text(column)
-    pieces[12::width] = map(str, subscriber_ids)
-    pieces[14::width] = map(str, delivery_ids)
-    pieces[16::width] = _json_text(unsubscribe_urls)
+    pieces[12::width] = map(str, batch.subscriber_ids)
+    pieces[14::width] = map(str, batch.delivery_ids)
+    pieces[16::width] = _json_text(batch.unsubscribe_urls)
     pieces += ("],", common)
     return "".join(pieces)
 

@@ -20,7 +20,7 @@ from .export import Export
 from .feeds import NOTICE_AFTER, Feeds
 from .notice_queue import NoticeQueue
 from .issues import TRANSITIONS, Issues, may_send, reading_hold
-from .ledger import Ledger
+from .ledger import NO_LONGER_ACTIVE, Ledger
 from .schema import migrations
 from .reading import Reading
 from .reports import Reports
@@ -64,7 +64,7 @@ class Store(
 
 
 __all__ = [
-    "CONSENT_METHODS", "NOTICE_AFTER", "NOT_BY_LINK", "SCHEDULABLE", "SUMMARY_FIELDS", "TRANSITIONS",
+    "CONSENT_METHODS", "NO_LONGER_ACTIVE", "NOTICE_AFTER", "NOT_BY_LINK", "SCHEDULABLE", "SUMMARY_FIELDS", "TRANSITIONS",
     "Attempt", "AuditLog", "Bounces", "Compaction", "Consent", "DatabaseError", "Directory", "EditorSecrets",
     "EditorSessions", "Events", "Export", "Feeds", "ImportCounts", "ImportRefused", "Issues", "Ledger", "Limit",
     "NoticeQueue", "Reading", "Refused",

@@ -61,7 +61,7 @@ class SubscriberImport(Consent):
             _forget(conn)
             writer = Writer(conn, now_iso(), self.suppression_hash)
             start = writer.last_id
-            index = SearchIndexPause(conn)
+            index = SearchIndexPause(conn, start)
             for rows, repeats in _chunks(records, chunk):
                 known = writer.known(rows, _KNOWN_SEEN, start=start)
                 earlier = {email: found[2] for email, found in known.items() if found[2] is not None}
@@ -142,12 +142,13 @@ class SearchIndexPause:
     HASHSIZE = 4 * 1024 * 1024
     DEFAULT_HASHSIZE = 1024 * 1024  # FTS5_DEFAULT_HASHSIZE
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, last_id: int):
+        """`last_id`: the largest subscriber id before the import (Writer.last_id at its start)."""
         self.conn = conn
         self.triggers = conn.execute("""SELECT name, sql FROM sqlite_master WHERE type = 'trigger'
                                         AND tbl_name = 'subscribers' AND sql LIKE '%subscriber_search%'
                                         ORDER BY name""").fetchall()
-        self.last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM subscribers").fetchone()[0]
+        self.last_id = last_id
         for name, _ in self.triggers:
             conn.execute(f'DROP TRIGGER "{name}"')
         configured = conn.execute("SELECT v FROM subscriber_search_config WHERE k = 'hashsize'").fetchone()
