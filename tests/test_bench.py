@@ -138,6 +138,26 @@ def test_the_run_floor_sends_every_recipient_once_and_records_it():
     assert 0 < result.ledger_bytes_per_recipient < 1000
 
 
+def test_the_run_floor_with_two_workers_sends_every_recipient_once():
+    """The floor beside `--workers 2`: two worker processes, each its own part of every issue, each
+    rendering what it meets; the sink counted every recipient once, and each worker reported itself."""
+    result = bench.run_isolated(10_000, "floor", workers=2)
+    assert result.recipients == result.sink_recipients == 9_000
+    assert result.workers == 2 and len(result.worker_peak_rss_mb) == 2
+    assert expected_variants() <= result.mjml_compiles <= 2 * expected_variants()
+
+
+@given(first=st.integers(1, 10**6), count=st.integers(0, 5000), parts=st.integers(1, 8))
+def test_the_floors_split_covers_every_id_once_in_order(first, count, parts):
+    from newsletter.bench_run_floor import split
+
+    last = first + count - 1
+    runs = split(first, last, parts)
+    assert len(runs) == parts
+    ids = [i for low, high in runs for i in range(low, high + 1)]
+    assert ids == list(range(first, last + 1))
+
+
 # -- the SMTP sink that only reads -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("security", ["none", "starttls"])

@@ -96,7 +96,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
         if r.floor_s:
             floors.setdefault((r.subscribers, r.workers), r.floor_s)
             floors.setdefault((r.subscribers, 0), r.floor_s)
-    run_floors = {r.subscribers: r.wall_s for r in results if r.messenger == "floor"}
+    run_floors = {(r.subscribers, r.workers): r.wall_s for r in results if r.messenger == "floor"}
     table = Table("subscribers", "messenger", "server", "workers", "recipients", "sink", "wall s", "cpu s",
                   "peak RSS MB", "worker RSS MB", "recipients/s", "MJML", "premailer", "render s", "ledger s",
                   "messenger s", "requests", "encode s", "floor s", "x floor", "x run floor", "ledger B/recipient")
@@ -113,8 +113,8 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
                       "" if r.json_encode_s is None else f"{r.json_encode_s:.2f}",
                       "" if r.floor_s is None else f"{r.floor_s:.2f}",
                       f"{spent / floor:.2f}" if spent is not None and floor else "",
-                      f"{r.wall_s / run_floors[r.subscribers]:.2f}"
-                      if r.messenger == "sendgrid" and run_floors.get(r.subscribers) else "",
+                      f"{r.wall_s / run_floors[r.subscribers, r.workers]:.2f}"
+                      if r.messenger == "sendgrid" and run_floors.get((r.subscribers, r.workers)) else "",
                       f"{r.ledger_bytes_per_recipient:.0f}")
     console.print(table)
     if json_out:
