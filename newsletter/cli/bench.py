@@ -45,10 +45,11 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
     claim with the active check committed before each request, each answer
     recorded, two tokens per recipient, valid bodies over one keep-alive
     connection) to the same sink; "x run floor" is a sendgrid row's wall time
-    over it. Sinks for sendgrid (HTTP) and smtp run on loopback in their own
-    process.
+    over the floor's with as many workers. Sinks for sendgrid (HTTP) and smtp
+    run on loopback in their own process.
 
-    With --workers N the digest run sends through N worker processes: wall
+    With --workers N the digest run sends through N worker processes (and the
+    floor through N of its own, each its own run of every issue's ids): wall
     time is the whole run's (starting the workers included), cpu s, compiles
     and ledger s add up every process, peak RSS MB is the parent's and
     "worker RSS MB" each worker's own (getrusage in each process), and the
@@ -68,7 +69,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
         newsletter bench --subscribers 10000 --subscribers 100000 --messenger counting
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server sink
         newsletter bench --subscribers 5000 --messenger smtp --smtp-server postfix
-        newsletter bench --subscribers 100000 --messenger sendgrid --workers 1 --workers 2
+        newsletter bench --subscribers 100000 --messenger sendgrid --messenger floor --workers 1 --workers 2
         newsletter bench --search --subscribers 100000
         newsletter bench --import --subscribers 100000 --subscribers 1000000
     """
