@@ -119,6 +119,33 @@ def test_two_workers_to_maildir_send_everyone_once_and_count_as_one_process_does
         assert all(len(p) == 1 for p in pids) and pids[0] != pids[1] and str(os.getpid()) not in pids[0] | pids[1]
 
 
+def test_issues_send_with_two_workers_sends_one_issue_to_everyone_once_and_leaves_the_others(make_site, runner):
+    """`issues send N --workers 2`: the one issue through two worker processes, each reader of it once; the
+    period's other issues stay as they were."""
+    ctx = make_site("send")
+    fill(ctx)
+    built = digest_run(runner, ctx, "--no-send")
+    assert built.exit_code == 0, built.output
+    issues = ctx.store.issues()
+    chosen = next(i for i in issues if i["segment"] == "caregivers")
+    for value in ("0", "x"):
+        refused = runner.invoke(cli, ["--config", str(ctx.config.source), "issues", "send", str(chosen["id"]),
+                                      "--workers", value])
+        assert refused.exit_code == 2 and "Invalid value for '--workers'" in refused.output
+    assert ctx.store.delivery_counts() == {}
+    result = runner.invoke(cli, ["--config", str(ctx.config.source), "issues", "send", str(chosen["id"]),
+                                 "--workers", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    got = Counter(str(m["To"]).rsplit("<", 1)[-1].rstrip(">") for m in read_maildir(ctx.config.outbox))
+    wanted = {f"reader{i:04d}@example.org" for i in range(AUDIENCE) if i % 3 == 1 and i % 10 != 9}
+    assert set(got) == wanted and set(got.values()) == {1}
+    assert {r["email"] for r in ctx.store.deliveries(status="sent")} == wanted
+    pids = {re.search(r"P(\d+)Q", r["provider_id"])[1] for r in ctx.store.deliveries(status="sent")}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    assert {i["id"]: i["status"] for i in ctx.store.issues()} == {
+        i["id"]: "sent" if i["id"] == chosen["id"] else i["status"] for i in issues}
+
+
 def test_two_workers_to_aiosmtpd_send_everyone_once_over_a_connection_each(make_site, smtp_server, runner):
     settings = dict(backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port,
                     smtp_security="none", smtp_batch_size=10)

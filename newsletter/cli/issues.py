@@ -140,20 +140,25 @@ def issues_add_update(ctx: Context, issue_id: int, slug: str) -> None:
               help="Send again deliveries refused for good or whose retries ran out (an operator's choice).")
 @click.option("--failed-matching", metavar="TEXT", default="",
               help="With --retry-failed: only those whose error contains TEXT.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Worker processes sending the issue, its pending deliveries split by id range, as "
+                   "`digest run --workers`.")
 @pass_ctx
 @handle_errors
-def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: bool, failed_matching: str) -> None:
+def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: bool, failed_matching: str,
+                workers: int) -> None:
     """Send (or resume) one approved issue now.
 
     \b
-    Example (after fixing the relay that refused some addresses):
+    Examples (after fixing the relay that refused some addresses; a large issue through two processes):
         newsletter issues send 12 --retry-failed --failed-matching "relay access denied"
+        newsletter issues send 12 --workers 2
     """
     if failed_matching and not retry_failed:
         raise click.UsageError("--failed-matching goes with --retry-failed")
     with progress_callbacks() as (on_issue, on_progress):
         runner = DigestRunner(ctx.config, ctx.store, ctx.segments, on_issue=on_issue, on_progress=on_progress,
-                              actor=cli_actor())
+                              actor=cli_actor(), workers=workers)
         report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
                                  failed_matching=failed_matching)
     print_report(report)
