@@ -2,7 +2,9 @@
 reader from the database and from the outbox alike.
 
 Each purge step removes only what is past its period, so running purge twice removes nothing the second
-time. Add a step by appending to PURGE_STEPS: (name, function(config, store, now)).
+time. Add a step by appending to PURGE_STEPS: (name, function(config, store, now, dry_run)); a step that
+touches anything outside the database (the outbox) must leave it alone when dry_run is true: its database
+writes are rolled back then, nothing else is.
 """
 
 from __future__ import annotations
@@ -17,35 +19,37 @@ def _cutoff(now: datetime, days: int) -> str:
     return (now - timedelta(days=days)).astimezone(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def purge_events(config: Any, store: Any, now: datetime) -> int:
+def purge_events(config: Any, store: Any, now: datetime, dry_run: bool = False) -> int:
     return store.purge_events(_cutoff(now, config.retention_events_days))
 
 
-def purge_unconfirmed(config: Any, store: Any, now: datetime) -> int:
+def purge_unconfirmed(config: Any, store: Any, now: datetime, dry_run: bool = False) -> int:
     """Sign-ups never confirmed: erased (their outbox copies too), without a suppression, so they may sign up again."""
     addresses = store.unconfirmed_signups(_cutoff(now, config.retention_pending_days))
+    if dry_run:  # erasing also deletes outbox files, which no rollback brings back
+        return len(addresses)
     for address in addresses:
         erase(config, store, address, reason="never confirmed", suppress=False)
     return len(addresses)
 
 
-def unlink_erased(config: Any, store: Any, now: datetime) -> int:
+def unlink_erased(config: Any, store: Any, now: datetime, dry_run: bool = False) -> int:
     return store.unlink_erased_deliveries(_cutoff(now, config.retention_erased_days))
 
 
-def compact_ledger(config: Any, store: Any, now: datetime) -> int:
+def compact_ledger(config: Any, store: Any, now: datetime, dry_run: bool = False) -> int:
     """Delivery rows of digests sent more than ledger_retention_days ago become counts (store/compaction.py)."""
     if not config.ledger_retention_days:
         return 0
     return store.compact_deliveries(_cutoff(now, config.ledger_retention_days))
 
 
-def expire_queued_notices(config: Any, store: Any, now: datetime) -> int:
+def expire_queued_notices(config: Any, store: Any, now: datetime, dry_run: bool = False) -> int:
     """Confirmations the relay never took, past their retry period (notices send drops them too)."""
     return len(store.expire_notices(_cutoff(now, config.retry_deferred_days)))
 
 
-PurgeStep = Callable[[Any, Any, datetime], int]
+PurgeStep = Callable[[Any, Any, datetime, bool], int]
 #: (what it removes, as `purge` prints it; the step). Steps run in this order.
 PURGE_STEPS: list[tuple[str, PurgeStep]] = [
     ("provider events past retention_events_days", purge_events),
@@ -56,10 +60,15 @@ PURGE_STEPS: list[tuple[str, PurgeStep]] = [
 ]
 
 
-def purge(config: Any, store: Any, now: datetime | None = None) -> list[tuple[str, int]]:
-    """Run every purge step; returns (step, how many rows) in order."""
+def purge(config: Any, store: Any, now: datetime | None = None, dry_run: bool = False) -> list[tuple[str, int]]:
+    """Run every purge step; returns (step, how many rows) in order. With dry_run, every step runs inside one
+    transaction that is rolled back (store.rehearsal) and touches nothing outside the database: the counts
+    are what a purge at `now` would remove, found by doing it, and nothing is removed."""
     now = now or datetime.now(timezone.utc)
-    return [(name, step(config, store, now)) for name, step in PURGE_STEPS]
+    if not dry_run:
+        return [(name, step(config, store, now, False)) for name, step in PURGE_STEPS]
+    with store.rehearsal():
+        return [(name, step(config, store, now, True)) for name, step in PURGE_STEPS]
 
 
 def erase(config: Any, store: Any, address: str, reason: str = "removed", *, suppress: bool = True,

@@ -122,13 +122,17 @@ def test_purge_compacts_issues_sent_more_than_ledger_retention_days_ago(weeks, r
     planned = sum(sum(weeks.store.delivery_counts(i["id"]).values()) for i in weeks.store.issues(status="sent"))
     assert planned > 0
 
-    def purge(days_later: int) -> str:
+    def purge(days_later: int, *extra: str) -> str:
         with time_machine.travel((WEEK_42 + timedelta(days=days_later)).replace(tzinfo=timezone.utc), tick=False):
-            result = runner.invoke(cli, ["--config", config, "purge"], catch_exceptions=False)
+            result = runner.invoke(cli, ["--config", config, "purge", *extra], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         return next(line for line in result.output.splitlines() if "compacted" in line)
 
     assert purge(29).split()[0] == "0"
+    kept = {i["id"]: weeks.store.deliveries(i["id"]) for i in weeks.store.issues(status="sent")}
+    assert int(purge(31, "--dry-run").split()[0]) == planned  # what a purge would compact, rolled back
+    assert {i: weeks.store.deliveries(i) for i in kept} == kept
+    assert not any(i["compacted_at"] for i in weeks.store.issues(status="sent"))
     assert int(purge(31).split()[0]) == planned
     assert purge(32).split()[0] == "0"
     assert all(i["compacted_at"] for i in weeks.store.issues(status="sent"))

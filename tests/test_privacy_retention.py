@@ -77,6 +77,58 @@ def test_erased_readers_deliveries_are_unlinked_at_once_by_default(loaded, runne
     assert again.exit_code == 0 and "0 row(s) removed" in again.output
 
 
+def test_purge_dry_run_prints_what_purge_removes_and_changes_nothing(site, runner):
+    """`purge --dry-run` past every period: the counts a purge then prints, while the database (every row of
+    every table) and the outbox (the unconfirmed reader's confirmation) stay as they were."""
+    from newsletter.messengers import send_notice
+    from newsletter.model import Notice
+
+    with time_machine.travel(T0, tick=False):
+        record_events(site.store, "sendgrid", [event(1), event(2)])
+        site.store.sign_up("waiting@example.org", "patients", "weekly", [])
+        send_notice(site.config, Notice("waiting@example.org", "Please confirm", "Confirm here."))
+    outbox = sorted(p.name for p in Path(site.config.outbox).rglob("*") if p.is_file())
+    assert len(outbox) == 1
+
+    def dump() -> list[str]:
+        raw = sqlite3.connect(site.config.database)
+        try:
+            return list(raw.iterdump())
+        finally:
+            raw.close()
+
+    def purge_at(*extra: str):
+        with time_machine.travel(T0 + timedelta(days=91), tick=False):
+            result = runner.invoke(cli, ["--config", str(site.config.source), "purge", *extra],
+                                   catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    before = dump()
+    rehearsed = purge_at("--dry-run")
+    assert dump() == before
+    assert sorted(p.name for p in Path(site.config.outbox).rglob("*") if p.is_file()) == outbox
+    assert "3 row(s) would be removed, unlinked or compacted (dry run: nothing changed)" in rehearsed.stderr
+    assert "     1  sign-ups never confirmed" in rehearsed.stdout and "     2  provider events" in rehearsed.stdout
+    done = purge_at()
+    assert done.stdout == rehearsed.stdout  # the same lines, and this time they went
+    assert "3 row(s) removed, unlinked or compacted" in done.stderr
+    assert site.store.get_subscriber("waiting@example.org") is None
+    assert not [p for p in Path(site.config.outbox).rglob("*") if p.is_file()]
+    assert dump() != before
+
+
+def test_a_rehearsal_inside_a_transaction_is_refused(site):
+    import pytest
+
+    from newsletter.store.connection import StoreError
+
+    with site.store.transaction():
+        with pytest.raises(StoreError, match="rehearsal cannot run inside another transaction"):
+            with site.store.rehearsal():
+                pass
+
+
 def every_text(path) -> list[tuple[str, str, str]]:
     """(table, column, value) of every text cell in the database."""
     raw = sqlite3.connect(path)

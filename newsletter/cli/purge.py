@@ -10,9 +10,11 @@ from .common import handle_errors, pass_ctx
 
 
 @click.command()
+@click.option("--dry-run", is_flag=True,
+              help="Print what would go, and change nothing (the database's writes are made and rolled back).")
 @pass_ctx
 @handle_errors
-def purge(ctx: Context) -> None:
+def purge(ctx: Context, dry_run: bool) -> None:
     """Remove what the retention settings say has been kept long enough.
 
     \b
@@ -21,13 +23,19 @@ def purge(ctx: Context) -> None:
     erased reader's delivery rows after retention_erased_days (0), and the
     delivery rows of digests sent more than ledger_retention_days ago (90;
     0 = never), compacted to counts per status and the readers each reached.
-    Running it twice removes nothing more the second time.
+    Running it twice removes nothing more the second time. With --dry-run
+    it prints the same counts and keeps everything.
 
     \b
-    Example:
+    Examples:
+        newsletter --config /srv/newsletter/newsletter.toml purge --dry-run
         newsletter --config /srv/newsletter/newsletter.toml purge
     """
-    removed = run_purge(ctx.config, ctx.store)
+    removed = run_purge(ctx.config, ctx.store, dry_run=dry_run)
     for what, count in removed:
         click.echo(f"{count:>6}  {what}")
-    click.echo(f"{sum(count for _, count in removed)} row(s) removed, unlinked or compacted", err=True)
+    total = sum(count for _, count in removed)
+    if dry_run:
+        click.echo(f"{total} row(s) would be removed, unlinked or compacted (dry run: nothing changed)", err=True)
+    else:
+        click.echo(f"{total} row(s) removed, unlinked or compacted", err=True)

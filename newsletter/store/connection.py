@@ -202,6 +202,23 @@ class Tables:
             raise StoreError(describe(self.path, exc)) from exc
         self.write_seconds += time.perf_counter() - started
 
+    @contextlib.contextmanager
+    def rehearsal(self) -> Iterator[sqlite3.Connection]:
+        """One transaction that is always rolled back: the writes inside it (store methods join it, as they
+        join any outer transaction) happen and can be counted, and none is kept (`purge --dry-run`).
+        Refused inside another transaction, whose writes its rollback would undo."""
+        if self.conn.in_transaction:
+            raise StoreError(f"{self.path}: a rehearsal cannot run inside another transaction")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(describe(self.path, exc)) from exc
+
     def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
         try:
             return [dict(row) for row in self.conn.execute(sql, params)]
