@@ -41,6 +41,12 @@ def issue_span(conn: Any, issue_id: int) -> tuple[int, int, int]:
     return row[0], row[1], issue_id
 
 
+def widen_span(conn: Any, issue_id: int, lo: int, hi: int) -> None:
+    """The issue's id range (ISSUE_ROWS) widened to hold the rows lo..hi just planned for it."""
+    conn.execute("""UPDATE issues SET first_delivery = MIN(COALESCE(first_delivery, ?), ?),
+                    last_delivery = MAX(COALESCE(last_delivery, ?), ?) WHERE id = ?""", (lo, lo, hi, hi, issue_id))
+
+
 def new_step(conn: Any, ids: Sequence[int], *, name: str | None = None, provider_id: str | None = None,
              error: str | None = None, inherit: bool = False) -> int:
     """A step row for these ids. With `inherit`, its claim id, and its provider id unless one is given, are those
@@ -112,10 +118,9 @@ class Ledger(Tables):
                 if issue["planned_at"] is not None:  # planned once before: these rows say when they were
                     conn.execute("INSERT INTO delivery_details (id, created_at) SELECT id, ? FROM deliveries "
                                  "WHERE id BETWEEN ? AND ?", (now_s, lo, hi))
-                conn.execute("""UPDATE issues SET planned_at = COALESCE(planned_at, ?),
-                                first_delivery = MIN(COALESCE(first_delivery, ?), ?),
-                                last_delivery = MAX(COALESCE(last_delivery, ?), ?) WHERE id = ?""",
-                             (now.isoformat(), lo, lo, hi, hi, issue_id))
+                conn.execute("UPDATE issues SET planned_at = COALESCE(planned_at, ?) WHERE id = ?",
+                             (now.isoformat(), issue_id))
+                widen_span(conn, issue_id, lo, hi)
             conn.execute("UPDATE issues SET status = 'sending' WHERE id = ?", (issue_id,))
             return planned
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .connection import Tables, now_iso, unix
+from .ledger import widen_span
 
 WELCOME_PERIOD = "welcome"
 
@@ -35,9 +36,7 @@ class Welcomes(Tables):
                                   VALUES (?, ?, 'pending', ?)""", (issue_id, subscriber_id, unix(now)))
             # Welcomes are planned one by one: each says when, and widens its issue's id range.
             conn.execute("INSERT INTO delivery_details (id, created_at) VALUES (?, ?)", (cur.lastrowid, unix(now)))
-            conn.execute("""UPDATE issues SET first_delivery = MIN(COALESCE(first_delivery, ?), ?),
-                            last_delivery = MAX(COALESCE(last_delivery, ?), ?) WHERE id = ?""",
-                         (cur.lastrowid, cur.lastrowid, cur.lastrowid, cur.lastrowid, issue_id))
+            widen_span(conn, issue_id, cur.lastrowid, cur.lastrowid)
             return {"delivery_id": cur.lastrowid, "issue_id": issue_id, "subscriber_id": subscriber_id,
                     "email": sub["email"], "name": sub["name"], "segment": sub["segment"], "cadence": sub["cadence"],
                     "topics": sub["topics"]}
