@@ -162,7 +162,9 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: 
         report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
                                  failed_matching=failed_matching)
     print_report(report)
-    if report.tally.needs_attention:
+    if report.failure:  # the run stopped (a worker died, the sender was refused): digest run says it the same way
+        click.echo(f"Error: {report.failure}", err=True)
+    if report.tally.needs_attention or report.held or report.failure:
         sys.exit(1)
 
 
