@@ -26,10 +26,8 @@ def purge_events(config: Any, store: Any, now: datetime, dry_run: bool = False) 
 def purge_unconfirmed(config: Any, store: Any, now: datetime, dry_run: bool = False) -> int:
     """Sign-ups never confirmed: erased (their outbox copies too), without a suppression, so they may sign up again."""
     addresses = store.unconfirmed_signups(_cutoff(now, config.retention_pending_days))
-    if dry_run:  # erasing also deletes outbox files, which no rollback brings back
-        return len(addresses)
-    for address in addresses:
-        erase(config, store, address, reason="never confirmed", suppress=False)
+    for address in addresses:  # a dry run leaves the outbox files alone: no rollback would bring them back
+        erase(config, store, address, reason="never confirmed", suppress=False, outbox=not dry_run)
     return len(addresses)
 
 
@@ -72,11 +70,12 @@ def purge(config: Any, store: Any, now: datetime | None = None, dry_run: bool = 
 
 
 def erase(config: Any, store: Any, address: str, reason: str = "removed", *, suppress: bool = True,
-          actor: str | None = None, subscriber_id: int | None = None) -> dict[str, int] | None:
+          actor: str | None = None, subscriber_id: int | None = None, outbox: bool = True) -> dict[str, int] | None:
     """Erase a reader everywhere we keep them: the database (store.remove_subscriber, or editor_erase when an
-    editor does it) and the messages to them in a Maildir outbox. None when there was no such reader."""
+    editor does it) and, unless `outbox` is false, the messages to them in a Maildir outbox. None when there
+    was no such reader."""
     if actor is not None and subscriber_id is not None:
         store.editor_erase(subscriber_id, actor)
     elif not store.remove_subscriber(address, reason=reason, suppress=suppress):
         return None
-    return {"outbox_messages": messengers.erase_from_outbox(config, address)}
+    return {"outbox_messages": messengers.erase_from_outbox(config, address) if outbox else 0}

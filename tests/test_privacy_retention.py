@@ -87,6 +87,9 @@ def test_purge_dry_run_prints_what_purge_removes_and_changes_nothing(site, runne
         record_events(site.store, "sendgrid", [event(1), event(2)])
         site.store.sign_up("waiting@example.org", "patients", "weekly", [])
         send_notice(site.config, Notice("waiting@example.org", "Please confirm", "Confirm here."))
+        # a second confirmation the relay did not take: erasing the sign-up removes it too, so the step that
+        # expires queued confirmations finds nothing left, in the dry run as in the purge
+        site.store.queue_notice("waiting@example.org", "Please confirm", "Confirm here.", "confirmation", "421")
     outbox = sorted(p.name for p in Path(site.config.outbox).rglob("*") if p.is_file())
     assert len(outbox) == 1
 
@@ -110,6 +113,7 @@ def test_purge_dry_run_prints_what_purge_removes_and_changes_nothing(site, runne
     assert sorted(p.name for p in Path(site.config.outbox).rglob("*") if p.is_file()) == outbox
     assert "3 row(s) would be removed, unlinked or compacted (dry run: nothing changed)" in rehearsed.stderr
     assert "     1  sign-ups never confirmed" in rehearsed.stdout and "     2  provider events" in rehearsed.stdout
+    assert "     0  confirmations queued" in rehearsed.stdout
     done = purge_at()
     assert done.stdout == rehearsed.stdout  # the same lines, and this time they went
     assert "3 row(s) removed, unlinked or compacted" in done.stderr

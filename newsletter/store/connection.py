@@ -205,8 +205,9 @@ class Tables:
     @contextlib.contextmanager
     def rehearsal(self) -> Iterator[sqlite3.Connection]:
         """One transaction that is always rolled back: the writes inside it (store methods join it, as they
-        join any outer transaction) happen and can be counted, and none is kept (`purge --dry-run`).
-        Refused inside another transaction, whose writes its rollback would undo."""
+        join any outer transaction) happen and can be counted, and none is kept (`purge --dry-run`). It holds
+        the write lock throughout: other writers wait for it on their busy timeout. Refused inside another
+        transaction, whose writes its rollback would undo."""
         if self.conn.in_transaction:
             raise StoreError(f"{self.path}: a rehearsal cannot run inside another transaction")
         try:
