@@ -12,20 +12,23 @@ Selection and rendering are the real ones (a fixed cost, about 0.3 s), and so ar
 a time (Recipients.signed) and writing its body (encode_payload): both are the cheapest ways found, so the ratio
 to this floor measures what surrounds them, the dispatcher, the store and the messenger's transport.
 
-With workers (`bench --messenger floor --workers N`, the floor beside `digest run --workers N`): every issue
-is planned first in this process, then each of N worker processes (spawned, a fresh interpreter each, as
-workers.py starts them) sends its own run of every issue's ids, rendering what it meets, on connections of
-its own; SQLite serialises their write transactions as it does the real workers'."""
+With workers (`bench --messenger floor --workers N`, the floor beside `digest run --workers N`): N worker
+processes start (spawned, a fresh interpreter each, as workers.py starts them, and before the first plan, as
+the real run does) while every issue is planned in this process; then each sends its own run of every
+issue's ids, rendering what it meets, on connections of its own; SQLite serialises their write transactions
+as it does the real workers'."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import multiprocessing
+import os
 import resource
 import sqlite3
 import time
 import uuid
+from multiprocessing.connection import Connection
 from typing import Any
 
 from .context import Context
@@ -163,20 +166,50 @@ def send_part(db_path: str, part: list[tuple[int, int, int]], variant_for: dict[
     return {**counts, "ledger_s": ledger.seconds}
 
 
-def _send_part_in_worker(config: Any, issues: list[dict[str, Any]], part: list[tuple[int, int, int]], secret: str,
-                         sender: Sender, sink_port: int) -> dict[str, float]:
-    """send_part in a worker process that renders what it meets itself, as a worker of `digest run --workers`
-    does (workers.RangeWorker): with that process's CPU time, peak RSS and compiles."""
+def _floor_worker(end: Connection, config: Any, secret: str, sender: Sender, sink_port: int) -> None:
+    """A worker process of the floor: its store connection, renderer and signer made as soon as it starts (a
+    worker of `digest run --workers` starts while the parent plans, workers.RangeWorker), then the part the
+    parent sends it, rendering what it meets; it answers with its counts, CPU time, peak RSS and compiles."""
     context = Context(config)
     renderer = Renderer.from_config(config)
+    tokens = Tokens(secret)
+    issues, part = end.recv()
     variant_for = {issue["id"]: issue_variants(renderer, issue, context.store.issue_summaries(issue["id"]),
                                                context.segments[issue["segment"]]) for issue in issues}
-    counts = send_part(str(config.database), part, variant_for, Tokens(secret), sender, config.site_url, sink_port)
+    counts = send_part(str(config.database), part, variant_for, tokens, sender, config.site_url, sink_port)
     context.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {**counts, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
-            "mjml": renderer.stats.counts["mjml"], "premailer": renderer.stats.counts["premailer"],
-            "render_s": sum(renderer.stats.seconds.values())}
+    end.send({**counts, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+              "mjml": renderer.stats.counts["mjml"], "premailer": renderer.stats.counts["premailer"],
+              "render_s": sum(renderer.stats.seconds.values()), "pid": os.getpid()})
+
+
+def _start_workers(count: int, config: Any, secret: str, sender: Sender,
+                   sink_port: int) -> list[tuple[multiprocessing.Process, Connection]]:
+    # spawn: a fresh interpreter each, nothing of this process inherited (its SQLite connection above all)
+    spawn = multiprocessing.get_context("spawn")
+    started = []
+    for _ in range(count):
+        ours, theirs = spawn.Pipe()
+        process = spawn.Process(target=_floor_worker, args=(theirs, config, secret, sender, sink_port), daemon=True)
+        process.start()
+        theirs.close()
+        started.append((process, ours))
+    return started
+
+
+def _results(started: list[tuple[multiprocessing.Process, Connection]]) -> list[dict[str, Any]]:
+    done = []
+    for process, end in started:
+        try:
+            done.append(end.recv())
+        except EOFError:
+            raise RuntimeError(f"floor: worker {process.pid} died (exit code {process.join() or process.exitcode})"
+                               ) from None
+        process.join()
+    if len({d["pid"] for d in done}) != len(started):
+        raise RuntimeError("floor: two parts were sent by one process")
+    return done
 
 
 def split(first: int, last: int, parts: int) -> list[tuple[int, int]]:
@@ -194,6 +227,7 @@ def floor_send(runner: DigestRunner, issues: list[dict[str, Any]], secret: str, 
     config = runner.config
     conn = _connect(str(config.database))
     ledger = _Ledger(conn)
+    started = _start_workers(workers, config, secret, sender, sink_port) if workers > 1 else []
     try:
         planned = [(issue["id"], *plan(ledger, issue)) for issue in issues]
         if workers == 1:
@@ -205,14 +239,17 @@ def floor_send(runner: DigestRunner, issues: list[dict[str, Any]], secret: str, 
             for issue_id, first, last in planned:
                 for k, (low, high) in enumerate(split(first, last, workers)):
                     parts[k].append((issue_id, low, high))
-            # spawn: a fresh interpreter each, nothing of this process inherited (its SQLite connection above all)
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                done = pool.starmap(_send_part_in_worker,
-                                    [(config, issues, part, secret, sender, sink_port) for part in parts])
+            for (_, end), part in zip(started, parts):
+                end.send((issues, part))
+            done = _results(started)
         for issue_id, _, _ in planned:
             ledger.write("UPDATE issues SET status = 'sent', sent_at = ? WHERE id = ?", (iso(time.time()), issue_id))
     finally:
         conn.close()
+        for process, end in started:
+            end.close()
+            if process.is_alive():
+                process.terminate()
     totals: dict[str, Any] = {key: sum(d[key] for d in done) for key in ("recipients", "requests", "ledger_s")}
     totals["ledger_s"] += ledger.seconds
     if workers > 1:
