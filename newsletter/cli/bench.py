@@ -23,7 +23,8 @@ import click
 @click.option("--smtp-security", type=click.Choice(["none", "starttls"]), default="none", show_default=True,
               help="TLS for the smtp cases against aiosmtpd or the sink (Postfix always takes STARTTLS).")
 @click.option("--workers", "workers", type=click.IntRange(min=1), multiple=True, default=(1,), show_default=True,
-              metavar="N", help="Worker processes of the digest run (repeat to compare, e.g. --workers 1 --workers 2).")
+              metavar="N", help="Worker processes of the digest run, and of the floor (repeat to compare, e.g. "
+                   "--workers 1 --workers 2).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
 @click.option("--search", is_flag=True, help="Measure the editors' subscriber search instead (at each --subscribers).")
 @click.option("--import", "import_", is_flag=True,
@@ -32,7 +33,7 @@ def bench(sizes: tuple[int, ...], messengers: tuple[str, ...], smtp_server: str,
           workers: tuple[int, ...], json_out: Path | None, search: bool, import_: bool) -> None:
     """Measure the whole weekly digest at scale in a scratch database.
 
-    Each case (size, messenger) runs in a fresh process: generate subscribers
+    Each case (size, messenger, workers) runs in a fresh process: generate subscribers
     across segments, cadences and topics, add 10 recent summaries, run the
     weekly digest, and report wall and CPU time, peak RSS, recipients per
     second, MJML and premailer compiles, ledger write time and ledger bytes per

@@ -159,8 +159,10 @@ def wire_bytes(data: bytes) -> bytes:
 
 
 def _wire_part(part: bytes) -> bytes:
-    """wire_bytes for a part of a message with no CR in it that starts a line or starts with LF (each part
-    MimeTemplate joins does): the whole message's wire form is its parts' joined, and the final dot."""
+    """The wire form (LF made CRLF, leading dots doubled) of a part with no CRLF in it that starts a line or
+    starts with LF (each part MimeTemplate joins does): the whole message's wire form is its parts' joined,
+    and the final dot; wire_bytes is this over the whole message with its CRLFs made LF first (a lone CR
+    stays as it is)."""
     part = part.replace(b"\n", CRLF).replace(b"\n.", b"\n..")
     return b"." + part if part[:1] == b"." else part
 
