@@ -204,8 +204,8 @@ def _results(started: list[tuple[multiprocessing.Process, Connection]]) -> list[
         try:
             done.append(end.recv())
         except EOFError:
-            raise RuntimeError(f"floor: worker {process.pid} died (exit code {process.join() or process.exitcode})"
-                               ) from None
+            process.join()
+            raise RuntimeError(f"floor: worker {process.pid} died (exit code {process.exitcode})") from None
         process.join()
     if len({d["pid"] for d in done}) != len(started):
         raise RuntimeError("floor: two parts were sent by one process")
