@@ -6,6 +6,7 @@ them, the Maildir messenger and aiosmtpd. Killing workers and the parent is in t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import Counter
@@ -188,7 +189,9 @@ def test_with_workers_the_breaker_stops_the_run_and_defers_the_rest_as_one_proce
     assert again.exit_code == 0 and "sent 0, failed 0, unknown 0, deferred 0" in again.output
 
 
-def test_with_workers_a_5xx_to_the_sender_stops_the_run_with_one_line_and_loses_nobody(make_site, runner):
+@contextlib.contextmanager
+def sender_refused(make_site):
+    """A site of 20 weekly patients whose relay (on loopback) answers 553 to the sender: (site, relay)."""
     from tests.test_smtp_deferred import FaultySink, start
 
     sink = FaultySink()
@@ -200,9 +203,14 @@ def test_with_workers_a_5xx_to_the_sender_stops_the_run_with_one_line_and_loses_
         ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
         ctx.store.upsert_subscribers([{"email": f"r{i:03d}@example.org", "segment": "patients", "cadence": "weekly",
                                        "status": "active"} for i in range(20)])
-        result = digest_run(runner, ctx, "--workers", "2")
+        yield ctx, sink
     finally:
         controller.stop()
+
+
+def test_with_workers_a_5xx_to_the_sender_stops_the_run_with_one_line_and_loses_nobody(make_site, runner):
+    with sender_refused(make_site) as (ctx, sink):
+        result = digest_run(runner, ctx, "--workers", "2")
     assert result.exit_code == 1
     assert re.fullmatch(
         rf"Error: worker [12] of 2 \(issue 1, deliveries \d+-\d+\): smtp: 127.0.0.1:{sink.port} refuses mail from "
@@ -214,23 +222,11 @@ def test_with_workers_a_5xx_to_the_sender_stops_the_run_with_one_line_and_loses_
 def test_issues_send_with_workers_says_a_workers_failure_and_exits_1(make_site, runner):
     """`issues send N --workers 2` when the relay refuses the sender: the worker's one line, exit 1, and
     nobody lost, as digest run says it."""
-    from tests.test_smtp_deferred import FaultySink, start
-
-    sink = FaultySink()
-    sink.refuse_sender = True
-    controller = start(sink)
-    try:
-        ctx = make_site(backend="smtp", legacy_consent=True, smtp_host="127.0.0.1", smtp_port=sink.port,
-                        smtp_security="none", smtp_batch_size=5)
-        ctx.store.upsert_summaries(read_sources(bootstrap.sample_summary_files()))
-        ctx.store.upsert_subscribers([{"email": f"r{i:03d}@example.org", "segment": "patients", "cadence": "weekly",
-                                       "status": "active"} for i in range(20)])
+    with sender_refused(make_site) as (ctx, sink):
         assert digest_run(runner, ctx, "--no-send").exit_code == 0
         issue = next(i for i in ctx.store.issues() if i["segment"] == "patients")
         result = runner.invoke(cli, ["--config", str(ctx.config.source), "issues", "send", str(issue["id"]),
                                      "--workers", "2"], catch_exceptions=False)
-    finally:
-        controller.stop()
     assert result.exit_code == 1, result.output
     assert re.fullmatch(rf"Error: worker [12] of 2 \(issue {issue['id']}, deliveries \d+-\d+\): smtp: 127.0.0.1:"
                         rf"{sink.port} refuses mail from digest@example.org: 553 .*", result.output.strip().splitlines()[-1]
