@@ -21,7 +21,14 @@ class MaildirMessenger:
         self.outbox = Path(outbox)
         self.sender = sender
         try:
-            self.box = mailbox.Maildir(str(self.outbox), create=True)
+            # Made here, each folder with exist_ok, not by mailbox.Maildir(create=True): that checks for the
+            # outbox, then makes it and its three folders, so of two worker processes opening a new outbox at
+            # once the second failed on "File exists" (or found it without its folders yet). Its parent must
+            # exist: a wrong path is refused, never created.
+            self.outbox.mkdir(mode=0o700, exist_ok=True)
+            for folder in ("tmp", "new", "cur"):
+                (self.outbox / folder).mkdir(mode=0o700, exist_ok=True)
+            self.box = mailbox.Maildir(str(self.outbox), create=False)
         except OSError as exc:
             raise FatalSendError(f"maildir: cannot open the outbox {self.outbox}: {exc.strerror or exc}") from None
 
