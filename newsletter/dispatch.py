@@ -252,8 +252,8 @@ class Dispatcher:
             rows = [row for row in rows if row[0] in claimed]
             if not rows:
                 return
-            ids = [row[0] for row in rows]
         envelopes = Recipients.signed(rows, self.tokens.link_tokens, self.unsubscribe_base)
+        ids = envelopes.delivery_ids  # what was claimed
         try:
             started = time.perf_counter()
             outcomes = self.messenger.send(rendered, envelopes)

@@ -5,11 +5,10 @@ One module per command group; the options every group shares live in `common`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
-
-import importlib
 
 from .common import LazyContext
 

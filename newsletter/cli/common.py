@@ -21,7 +21,6 @@ from ..tokens import TokenError
 from ..topics import TopicError
 
 
-
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The failures a command reports as one line. Rendering's and the run lock's are imported here, when a
     command fails, not when the CLI starts: a command that renders nothing (`subscribers import` of a

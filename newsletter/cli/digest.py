@@ -83,11 +83,7 @@ def digest_run(ctx: Context, cadence: str, now_text: str | None, segment: str | 
             # The holder sends whatever this run would have sent: not a failure.
             click.echo(str(exc), err=True)
             return
-    print_report(report)
-    if report.failure:
-        click.echo(f"Error: {report.failure}", err=True)
-    if report.tally.needs_attention or report.held or report.failure:
-        sys.exit(1)
+    finish_run(report)
 
 
 @click.command()
@@ -122,6 +118,16 @@ def status(ctx: Context) -> None:
                    "(set legacy_consent = yes if this list predates consent records)")
     for f in st.failing_feeds:  # summaries pull
         click.echo(f"Feed failing: {f['url']}: {f['failures']} in a row since {f['failing_since']}: {f['last_error']}")
+
+
+def finish_run(report: RunReport) -> None:
+    """A run's report, then its one Error line if it stopped; exit 1 when anything needs the operator
+    (failed or unknown deliveries, an issue held back, a stopped run): cron mails it."""
+    print_report(report)
+    if report.failure:
+        click.echo(f"Error: {report.failure}", err=True)
+    if report.tally.needs_attention or report.held or report.failure:
+        sys.exit(1)
 
 
 def print_report(report: RunReport) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .. import lifecycle
@@ -14,7 +12,7 @@ from ..progress import progress_callbacks
 from ..store import SCHEDULABLE
 from .audit import cli_actor
 from .common import handle_errors, pass_ctx
-from .digest import print_report
+from .digest import finish_run
 
 
 @click.group()
@@ -161,11 +159,7 @@ def issues_send(ctx: Context, issue_id: int, retry_unknown: bool, retry_failed: 
                               actor=cli_actor(), workers=workers)
         report = runner.send_one(issue_id, retry_unknown=retry_unknown, retry_failed=retry_failed,
                                  failed_matching=failed_matching)
-    print_report(report)
-    if report.failure:  # the run stopped (a worker died, the sender was refused): digest run says it the same way
-        click.echo(f"Error: {report.failure}", err=True)
-    if report.tally.needs_attention or report.held or report.failure:
-        sys.exit(1)
+    finish_run(report)  # a stopped run (a worker died, the sender was refused) says so and exits 1
 
 
 @issues.command("test-send")
